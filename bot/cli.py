@@ -1,0 +1,158 @@
+"""The command line: ``python -m bot [run | upload | delete | history | check | serve]``.
+
+Exit status: 0 success, 1 the operation failed (one line on stderr says why), 2 bad usage or
+settings. Expected failures never print a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from bot.errors import NotFound, RehostError
+from bot.ledger import Origin
+from bot.logs import setup_logging
+from bot.services import Services, open_services
+from bot.settings import Settings, SettingsError, load_settings
+from bot.sources import FileSource, ProgressCallback
+
+log = logging.getLogger(__name__)
+
+OK, FAILED, USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m bot",
+        description="Re-host images and videos on Imgur, from Discord or the command line.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    commands.add_parser("run", help="start the Discord bot (the default)")
+    upload = commands.add_parser("upload", help="upload files and print one link per file")
+    upload.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    upload.add_argument("--title", help="title shown on Imgur")
+    delete = commands.add_parser("delete", help="delete an upload through its deletehash")
+    delete.add_argument("target", metavar="LINK_OR_ID")
+    history = commands.add_parser("history", help="list recent uploads")
+    history.add_argument("--limit", type=int, default=20)
+    commands.add_parser("check", help="validate the settings and show Imgur's quota")
+    commands.add_parser("serve", help="run only the HTTP upload endpoint")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    command = args.command or "run"
+    try:
+        settings = load_settings()
+        if command == "run":
+            settings.require_discord_token()
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return USAGE
+
+    setup_logging(
+        settings.log_level if command in {"run", "serve"} else "WARNING",
+        [settings.discord_token, settings.imgur_client_id, settings.imgur_access_token,
+         settings.http_token],
+    )  # fmt: skip
+    try:
+        return asyncio.run(_dispatch(command, args, settings))
+    except KeyboardInterrupt:
+        return FAILED
+    except RehostError as exc:
+        print(f"error: {exc.user_message}", file=sys.stderr)
+        return FAILED
+
+
+async def _dispatch(command: str, args: argparse.Namespace, settings: Settings) -> int:
+    if command == "run":
+        from bot.discord_bot import run_bot
+
+        return await run_bot(settings)
+    if command == "serve":
+        from bot.web import serve
+
+        return await serve(settings)
+
+    async with open_services(settings) as services:
+        if command == "upload":
+            return await _upload(services, args.paths, args.title)
+        if command == "delete":
+            return await _delete(services, args.target)
+        if command == "history":
+            return await _history(services, args.limit)
+        return await _check(services)
+
+
+async def _upload(services: Services, paths: Sequence[Path], title: str | None) -> int:
+    status = OK
+    for path in paths:
+        origin = Origin(door="cli", filename=path.name, title=title)
+        try:
+            rehost = await services.pipeline.rehost(
+                FileSource(path), origin, on_progress=_progress_printer(path.name)
+            )
+        except RehostError as exc:
+            print(f"error: {path}: {exc.user_message}", file=sys.stderr)
+            status = FAILED
+            continue
+        print(rehost.upload.link, flush=True)
+    return status
+
+
+async def _delete(services: Services, target: str) -> int:
+    imgur_id = target.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    upload = await services.ledger.get_upload(imgur_id)
+    if upload is None or upload.state != "done":
+        raise NotFound(f"No live upload {imgur_id!r} is on record here.")
+    await services.pipeline.delete_upload(upload, by=None, reason="deleted from the command line")
+    print(f"deleted {upload.link}")
+    return OK
+
+
+async def _history(services: Services, limit: int) -> int:
+    for rehost in await services.ledger.recent_rehosts(limit=limit):
+        upload = rehost.upload
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rehost.created_at))
+        state = "deleted" if rehost.deleted_at or upload.state == "deleted" else upload.state
+        print(
+            f"{when}  {upload.link or '-'}  {upload.kind:<8} {upload.size / 1e6:7.2f} MB  "
+            f"{rehost.origin.door:<7} {state}{'  (reused)' if rehost.reused else ''}"
+        )
+    return OK
+
+
+async def _check(services: Services) -> int:
+    credits = await services.imgur.credits()
+    reset = time.strftime("%H:%M", time.localtime(credits.user_reset))
+    print("settings: ok")
+    print(f"database: {services.settings.database_path} (schema {services.ledger.schema_version})")
+    print(
+        f"imgur: client id accepted; {credits.client_remaining}/{credits.client_limit} "
+        f"application credits left today, {credits.user_remaining}/{credits.user_limit} "
+        f"for this address until {reset}"
+    )
+    return OK
+
+
+def _progress_printer(name: str) -> ProgressCallback | None:
+    """Progress on stderr for files over 5 MB, when stderr is a terminal."""
+    if not sys.stderr.isatty():
+        return None
+    last = [0.0]
+
+    def show(stage: str, done: int, total: int | None) -> None:
+        now = time.monotonic()
+        if done < 5_000_000 or now - last[0] < 0.2:
+            return
+        last[0] = now
+        share = f" {done * 100 // total:3d}%" if total else ""
+        print(f"\r{stage} {name}:{share} {done / 1e6:.1f} MB", end="", file=sys.stderr)
+
+    return show

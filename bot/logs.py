@@ -1,0 +1,50 @@
+"""Logging set-up, with secrets scrubbed from every line whatever the level."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterable
+
+# Interaction and webhook tokens travel in URL paths that discord.py logs at DEBUG.
+_TOKEN_IN_PATH = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]{20,}")
+REDACTED = "[redacted]"
+
+
+class RedactingFilter(logging.Filter):
+    """Replaces known secrets, and tokens in interaction URLs, with ``[redacted]``."""
+
+    def __init__(self, secrets: Iterable[str | None]) -> None:
+        super().__init__()
+        self._secrets = sorted({s for s in secrets if s and len(s) >= 6}, key=len, reverse=True)
+
+    def redact(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, REDACTED)
+        return _TOKEN_IN_PATH.sub(rf"\1{REDACTED}", text)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        cleaned = self.redact(message)
+        if cleaned != message:
+            record.msg, record.args = cleaned, None
+        if record.exc_info and record.exc_text is None:
+            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+        return True
+
+
+def setup_logging(level: str, secrets: Iterable[str | None] = ()) -> None:
+    """One stderr handler on the root logger, redacting ``secrets``; safe to call again."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_rehost", False):
+            root.removeHandler(handler)
+
+    handler = logging.StreamHandler()
+    handler._rehost = True  # type: ignore[attr-defined]
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    )
+    handler.addFilter(RedactingFilter(secrets))
+    root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,218 @@
+"""The one rehost pipeline: fetch, check, deduplicate, upload, record; and take down again.
+
+Every door (slash command, message menu, auto-rehost, command line, HTTP endpoint) goes
+through ``Pipeline``; none of them talks to Imgur or writes upload records by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from bot import sources
+from bot.imgur import ImgurAlbum, ImgurClient, ImgurError
+from bot.ledger import Album, Ledger, LedgerError, Origin, Rehost, Upload
+from bot.media import MediaKind, MediaLimits
+from bot.scheduler import Scheduler
+from bot.sources import Fetcher, ProgressCallback, Source, UrlSource
+
+log = logging.getLogger(__name__)
+
+
+class Pipeline:
+    """Turns sources into recorded Imgur uploads, and recorded uploads back into nothing."""
+
+    def __init__(
+        self,
+        *,
+        imgur: ImgurClient,
+        ledger: Ledger,
+        fetcher: Fetcher,
+        scheduler: Scheduler,
+        limits: MediaLimits,
+        spool_dir: Path | None = None,
+    ) -> None:
+        self.imgur = imgur
+        self.ledger = ledger
+        self.fetcher = fetcher
+        self.scheduler = scheduler
+        self.limits = limits
+        self._spool_dir = spool_dir
+        self._same_bytes: dict[str, asyncio.Lock] = {}
+
+    def url_source(
+        self, url: str, *, filename: str = "", declared_size: int | None = None
+    ) -> UrlSource:
+        """A source for ``url``, fetched under the address rules."""
+        return UrlSource(url, self.fetcher, filename, declared_size)
+
+    async def rehost(
+        self, source: Source, origin: Origin, *, on_progress: ProgressCallback | None = None
+    ) -> Rehost:
+        """Give ``source`` a permanent home on Imgur, or reuse the home its bytes already have.
+
+        Raises:
+            RehostError: one of its subclasses, each with a sentence for the person who asked.
+        """
+        started = time.monotonic()
+        self.scheduler.check_room(origin)
+        spooled = await sources.spool(
+            source, self.limits, directory=self._spool_dir, on_progress=on_progress
+        )
+        try:
+            async with self._one_at_a_time(spooled.sha256):
+                earlier = await self.ledger.find_live_upload(spooled.sha256)
+                if earlier is not None:
+                    rehost = await self.ledger.record_reuse(earlier.id, origin)
+                    log.info(
+                        "reused upload %s for %s (%d bytes, %.0f ms)",
+                        earlier.imgur_id,
+                        origin.door,
+                        spooled.size,
+                        (time.monotonic() - started) * 1000,
+                    )
+                    return rehost
+                async with self.scheduler.slot(origin):
+                    rehost = await self._upload(spooled, origin, on_progress)
+        finally:
+            await asyncio.to_thread(spooled.close)
+
+        log.info(
+            "rehosted %s %s for %s (%d bytes, %.0f ms)",
+            spooled.kind.value,
+            rehost.upload.imgur_id,
+            origin.door,
+            spooled.size,
+            (time.monotonic() - started) * 1000,
+        )
+        return rehost
+
+    async def _upload(
+        self, spooled: sources.Spool, origin: Origin, on_progress: ProgressCallback | None
+    ) -> Rehost:
+        # On record before Imgur is called, so a crash leaves a trace to reconcile.
+        pending_id = await self.ledger.begin_upload(
+            sha256=spooled.sha256,
+            size=spooled.size,
+            mime=spooled.mime,
+            kind=spooled.kind.value,
+            origin=origin,
+        )
+
+        def report(sent: int) -> None:
+            if on_progress is not None:
+                on_progress("upload", sent, spooled.size)
+
+        try:
+            image = await self.imgur.upload(
+                spooled,
+                video=spooled.kind is MediaKind.VIDEO,
+                title=origin.title,
+                on_progress=report,
+            )
+        except BaseException as exc:
+            reason = exc.user_message if isinstance(exc, ImgurError) else type(exc).__name__
+            with contextlib.suppress(LedgerError):
+                await asyncio.shield(self.ledger.abandon_upload(pending_id, reason))
+            raise
+
+        try:
+            return await asyncio.shield(
+                self.ledger.complete_upload(
+                    pending_id, imgur_id=image.id, link=image.link, deletehash=image.deletehash
+                )
+            )
+        except LedgerError:
+            # No public copy may exist without its deletehash on record: take it down again.
+            log.error("could not record upload %s; deleting it from Imgur", image.id)
+            try:
+                await self.imgur.delete_image(image.deletehash)
+            except ImgurError:
+                log.exception("upload %s is on Imgur but not on record", image.id)
+            raise
+
+    @contextlib.asynccontextmanager
+    async def _one_at_a_time(self, sha256: str) -> AsyncIterator[None]:
+        """Serialise work on the same bytes, so two identical posts call Imgur once."""
+        lock = self._same_bytes.setdefault(sha256, asyncio.Lock())
+        try:
+            async with lock:
+                yield
+        finally:
+            if not lock.locked() and self._same_bytes.get(sha256) is lock:
+                del self._same_bytes[sha256]
+
+    async def delete_upload(self, upload: Upload, *, by: int | None, reason: str) -> None:
+        """Delete ``upload`` from Imgur, then mark it and every rehost of it deleted.
+
+        Raises:
+            ImgurError: Imgur could not delete it; the record stays live so it can be retried.
+        """
+        if upload.deletehash is not None:
+            gone = not await self.imgur.delete_image(upload.deletehash)
+            if gone:
+                log.info("upload %s was already gone from Imgur", upload.imgur_id)
+        await self.ledger.mark_upload_deleted(upload.id, by=by, reason=reason)
+        log.info("deleted upload %s (%s)", upload.imgur_id, reason)
+
+    async def release(
+        self, rehosts: Sequence[Rehost], *, by: int | None, reason: str
+    ) -> list[Upload]:
+        """Withdraw ``rehosts``; delete from Imgur each upload that nothing else still uses.
+
+        Returns the uploads deleted from Imgur.
+        """
+        if not rehosts:
+            return []
+        await self.ledger.mark_rehosts_deleted([r.id for r in rehosts], by=by, reason=reason)
+
+        deleted: list[Upload] = []
+        for upload in {r.upload.id: r.upload for r in rehosts}.values():
+            if await self.ledger.rehosts_of(upload.id, live_only=True):
+                log.info("upload %s is still used by other rehosts; kept", upload.imgur_id)
+                continue
+            await self.delete_upload(upload, by=by, reason=reason)
+            deleted.append(upload)
+        return deleted
+
+    async def create_album(
+        self, rehosts: Sequence[Rehost], origin: Origin, *, title: str | None = None
+    ) -> Album:
+        """An anonymous Imgur album holding the uploads of ``rehosts``, on record."""
+        deletehashes = [r.upload.deletehash for r in rehosts if r.upload.deletehash]
+        album: ImgurAlbum = await self.imgur.create_album(deletehashes, title=title)
+        try:
+            return await self.ledger.record_album(
+                imgur_id=album.id,
+                link=album.link,
+                deletehash=album.deletehash,
+                upload_ids=[r.upload.id for r in rehosts],
+                origin=origin,
+            )
+        except LedgerError:
+            log.error("could not record album %s; deleting it from Imgur", album.id)
+            with contextlib.suppress(ImgurError):
+                await self.imgur.delete_album(album.deletehash)
+            raise
+
+    async def delete_album(self, album: Album) -> None:
+        """Delete an album (not its images) from Imgur and mark it deleted."""
+        await self.imgur.delete_album(album.deletehash)
+        await self.ledger.mark_album_deleted(album.id)
+
+    async def reconcile(self) -> list[tuple[Upload, Origin]]:
+        """Settle uploads left pending by a crash; returns them so their askers can be told.
+
+        Whether Imgur received such an upload is unknown and its deletehash was never seen,
+        so the record is closed as interrupted.
+        """
+        interrupted = await self.ledger.pending_uploads()
+        for upload, _origin in interrupted:
+            await self.ledger.abandon_upload(upload.id, "interrupted by a restart")
+        if interrupted:
+            log.warning("closed %d uploads interrupted by a restart", len(interrupted))
+        return interrupted

@@ -1,0 +1,62 @@
+"""The long-lived objects every door shares, created in one place and closed in one place."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import aiohttp
+
+from bot.imgur import ImgurClient
+from bot.ledger import Ledger
+from bot.media import MediaLimits
+from bot.pipeline import Pipeline
+from bot.scheduler import Scheduler
+from bot.settings import Settings
+from bot.sources import Fetcher
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Services:
+    settings: Settings
+    imgur: ImgurClient
+    ledger: Ledger
+    pipeline: Pipeline
+
+
+@contextlib.asynccontextmanager
+async def open_services(settings: Settings) -> AsyncIterator[Services]:
+    """Open the HTTP sessions, the Imgur client, the ledger and the pipeline; close them after.
+
+    Imgur gets its own session: it is a trusted host (perhaps a local stand-in), while the
+    fetch session only reaches public addresses unless ``ALLOW_PRIVATE_URLS`` is set.
+    """
+    async with contextlib.AsyncExitStack() as stack:
+        imgur_session = await stack.enter_async_context(
+            aiohttp.ClientSession(trust_env=False, headers={"User-Agent": "imgur-rehost-bot"})
+        )
+        fetch_session = await stack.enter_async_context(
+            Fetcher.create_session(allow_private=settings.allow_private_urls)
+        )
+        ledger = await Ledger.open(settings.database_path)
+        stack.push_async_callback(ledger.close)
+
+        imgur = ImgurClient(
+            imgur_session,
+            settings.imgur_client_id,
+            api_url=settings.imgur_api_url,
+            access_token=settings.imgur_access_token,
+        )
+        pipeline = Pipeline(
+            imgur=imgur,
+            ledger=ledger,
+            fetcher=Fetcher(fetch_session, allow_private=settings.allow_private_urls),
+            scheduler=Scheduler(workers=settings.upload_workers, queue_limit=settings.queue_limit),
+            limits=MediaLimits(image=settings.max_image_bytes, video=settings.max_video_bytes),
+        )
+        await pipeline.reconcile()
+        yield Services(settings=settings, imgur=imgur, ledger=ledger, pipeline=pipeline)

@@ -1,0 +1,186 @@
+"""Settings read from the environment and an optional ``.env`` file."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dotenv import dotenv_values
+
+from bot.errors import RehostError
+
+MB = 1024 * 1024
+IMGUR_STILL_LIMIT = 20 * MB
+IMGUR_VIDEO_LIMIT = 200 * MB
+
+
+class SettingsError(RehostError):
+    """A setting is missing or malformed; the message names it and says how to fix it."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the bot is configured with; secrets are left out of ``repr``."""
+
+    imgur_client_id: str = field(repr=False)
+    discord_token: str | None = field(default=None, repr=False)
+    imgur_access_token: str | None = field(default=None, repr=False)
+    database_path: Path = Path("data/rehost.sqlite3")
+    imgur_api_url: str = "https://api.imgur.com"
+    discord_api_url: str = "https://discord.com/api/v10"
+    discord_gateway_url: str = "wss://gateway.discord.gg/"
+    log_level: str = "INFO"
+    allow_private_urls: bool = False
+    max_image_bytes: int = IMGUR_STILL_LIMIT
+    max_video_bytes: int = IMGUR_VIDEO_LIMIT
+    upload_workers: int = 4
+    queue_limit: int = 200
+    member_cooldown: float = 2.0
+    quota_reserve: int = 100
+    http_host: str = "127.0.0.1"
+    http_port: int | None = None
+    http_token: str | None = field(default=None, repr=False)
+
+    def require_discord_token(self) -> str:
+        """The bot token, or a SettingsError saying how to provide it."""
+        if not self.discord_token:
+            raise SettingsError(
+                "DISCORD_TOKEN is not set: put the bot token from the Discord Developer "
+                "Portal in .env (see .env.example)."
+            )
+        return self.discord_token
+
+
+def _text(name: str, raw: str) -> str:
+    return raw
+
+
+def _boolean(name: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise SettingsError(f"{name} must be true or false, not {raw!r}.")
+
+
+def _positive_int(name: str, raw: str) -> int:
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}.") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
+    return value
+
+
+def _non_negative_int(name: str, raw: str) -> int:
+    if raw.strip() == "0":
+        return 0
+    return _positive_int(name, raw)
+
+
+def _seconds(name: str, raw: str) -> float:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a number of seconds, not {raw!r}.") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative, not {raw!r}.")
+    return value
+
+
+def _megabytes(name: str, raw: str) -> int:
+    try:
+        value = float(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a size in megabytes, not {raw!r}.") from None
+    if value <= 0:
+        raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
+    return int(value * MB)
+
+
+def _url(name: str, raw: str) -> str:
+    value = raw.strip().rstrip("/")
+    schemes = ("ws://", "wss://") if name == "DISCORD_GATEWAY_URL" else ("http://", "https://")
+    if not value.startswith(schemes):
+        raise SettingsError(f"{name} must start with {' or '.join(schemes)}, not {raw!r}.")
+    return value
+
+
+def _log_level(name: str, raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in logging.getLevelNamesMapping():
+        raise SettingsError(f"{name} must be DEBUG, INFO, WARNING or ERROR, not {raw!r}.")
+    return value
+
+
+def _port(name: str, raw: str) -> int:
+    value = _positive_int(name, raw)
+    if value > 65535:
+        raise SettingsError(f"{name} must be a port number up to 65535, not {raw!r}.")
+    return value
+
+
+# Environment name -> (Settings field, parser). Every entry is documented in .env.example.
+_FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
+    "DISCORD_TOKEN": ("discord_token", _text),
+    "IMGUR_CLIENT_ID": ("imgur_client_id", _text),
+    "IMGUR_ACCESS_TOKEN": ("imgur_access_token", _text),
+    "DATABASE_PATH": ("database_path", lambda _, raw: Path(raw)),
+    "IMGUR_API_URL": ("imgur_api_url", _url),
+    "DISCORD_API_URL": ("discord_api_url", _url),
+    "DISCORD_GATEWAY_URL": ("discord_gateway_url", _url),
+    "LOG_LEVEL": ("log_level", _log_level),
+    "ALLOW_PRIVATE_URLS": ("allow_private_urls", _boolean),
+    "MAX_IMAGE_MB": ("max_image_bytes", _megabytes),
+    "MAX_VIDEO_MB": ("max_video_bytes", _megabytes),
+    "UPLOAD_WORKERS": ("upload_workers", _positive_int),
+    "QUEUE_LIMIT": ("queue_limit", _positive_int),
+    "MEMBER_COOLDOWN_SECONDS": ("member_cooldown", _seconds),
+    "QUOTA_RESERVE": ("quota_reserve", _non_negative_int),
+    "HTTP_HOST": ("http_host", _text),
+    "HTTP_PORT": ("http_port", _port),
+    "HTTP_TOKEN": ("http_token", _text),
+}
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
+) -> Settings:
+    """Read settings from ``environ`` (default: the process environment) over ``env_file``.
+
+    Raises:
+        SettingsError: naming the first missing or malformed setting.
+    """
+    values: dict[str, str] = {}
+    if env_file is not None and env_file.is_file():
+        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+
+    parsed: dict[str, object] = {}
+    for name, (attribute, parse) in _FIELDS.items():
+        raw = values.get(name, "").strip()
+        if raw:
+            parsed[attribute] = parse(name, raw)
+
+    if "imgur_client_id" not in parsed:
+        raise SettingsError(
+            "IMGUR_CLIENT_ID is not set: register an application at "
+            "https://api.imgur.com/oauth2/addclient and put its client id in .env "
+            "(see .env.example)."
+        )
+    for attribute, name, ceiling in (
+        ("max_image_bytes", "MAX_IMAGE_MB", IMGUR_STILL_LIMIT),
+        ("max_video_bytes", "MAX_VIDEO_MB", IMGUR_VIDEO_LIMIT),
+    ):
+        value = parsed.get(attribute)
+        if isinstance(value, int) and value > ceiling:
+            raise SettingsError(f"{name} may not exceed Imgur's own limit of {ceiling // MB} MB.")
+    if ("http_port" in parsed) != ("http_token" in parsed):
+        raise SettingsError("HTTP_PORT and HTTP_TOKEN go together: set both, or neither.")
+
+    return Settings(**parsed)  # type: ignore[arg-type]

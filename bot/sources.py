@@ -1,0 +1,372 @@
+"""Where media comes from: local files, streams and URLs, fetched safely and spooled once."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import ipaddress
+import logging
+import os
+import socket
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Protocol
+
+import aiohttp
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.resolver import DefaultResolver
+from yarl import URL
+
+from bot import media
+from bot.errors import RehostError
+from bot.media import MediaLimits, MediaType
+
+log = logging.getLogger(__name__)
+
+CHUNK = 256 * 1024
+# Chunks are hashed and written in a worker thread in batches of this size, so the event loop
+# never spends more than a moment on a large file.
+BATCH = 1024 * 1024
+MEMORY_SPOOL_LIMIT = 1024 * 1024
+MAX_REDIRECTS = 5
+FETCH_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10, sock_connect=10, sock_read=30)
+
+ProgressCallback = Callable[[str, int, int | None], None]
+"""Called with a stage ("download" or "upload"), bytes done and bytes in all (if known)."""
+
+
+class SourceError(RehostError):
+    """The source could not be read."""
+
+
+class BlockedAddress(SourceError):
+    """The URL points somewhere the bot must not go (a private or local address)."""
+
+
+class Source(Protocol):
+    """Anything the pipeline can rehost: a name, maybe a size, and a stream of bytes."""
+
+    @property
+    def filename(self) -> str: ...
+
+    @property
+    def declared_size(self) -> int | None: ...
+
+    def chunks(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass(frozen=True)
+class FileSource:
+    """A file on the local disk (the command line)."""
+
+    path: Path
+
+    @property
+    def filename(self) -> str:
+        return self.path.name
+
+    @property
+    def declared_size(self) -> int | None:
+        return None  # stat() would block; the size is enforced while reading
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        try:
+            handle = await asyncio.to_thread(self.path.open, "rb")
+        except OSError as exc:
+            raise SourceError(f"Cannot read {self.path}: {exc.strerror}.") from exc
+        try:
+            while chunk := await asyncio.to_thread(handle.read, CHUNK):
+                yield chunk
+        finally:
+            await asyncio.to_thread(handle.close)
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """Bytes arriving from elsewhere, such as an HTTP request body."""
+
+    stream: AsyncIterator[bytes]
+    filename: str = "upload"
+    declared_size: int | None = None
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.stream
+
+
+@dataclass(frozen=True)
+class UrlSource:
+    """A URL on the internet, fetched through a ``Fetcher`` that keeps to public addresses."""
+
+    url: str
+    fetcher: Fetcher
+    filename: str = field(default="")
+    declared_size: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.filename:
+            name = URL(self.url).name if "://" in self.url else ""
+            object.__setattr__(self, "filename", name or "download")
+
+    def chunks(self) -> AsyncIterator[bytes]:
+        return self.fetcher.stream(self.url)
+
+
+def is_public_address(address: str) -> bool:
+    """Whether ``address`` is a global unicast address that is safe to connect to."""
+    ip = ipaddress.ip_address(address.split("%", 1)[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
+
+
+class PublicOnlyResolver(AbstractResolver):
+    """A resolver that refuses names resolving to loopback, private or other local addresses.
+
+    The connector connects to exactly the addresses returned here, so the check holds at
+    connection time, for every redirect, and against DNS answers that change between lookups.
+    """
+
+    def __init__(self, inner: AbstractResolver | None = None) -> None:
+        self._inner = inner or DefaultResolver()
+
+    async def resolve(
+        self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+    ) -> list[ResolveResult]:
+        results = await self._inner.resolve(host, port, family)
+        if not all(is_public_address(result["host"]) for result in results):
+            log.warning("refused a URL whose host resolves to a non-public address")
+            raise BlockedAddress("That URL points to a private or local address.")
+        return results
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+class Fetcher:
+    """Downloads untrusted URLs: http(s) only, public addresses only, bounded in every way."""
+
+    def __init__(self, session: aiohttp.ClientSession, *, allow_private: bool = False) -> None:
+        self._session = session
+        self._allow_private = allow_private
+
+    @classmethod
+    def create_session(cls, *, allow_private: bool = False) -> aiohttp.ClientSession:
+        """A session for untrusted URLs: no proxies from the environment, guarded DNS."""
+        resolver = None if allow_private else PublicOnlyResolver()
+        connector = aiohttp.TCPConnector(resolver=resolver, limit=32)
+        return aiohttp.ClientSession(
+            connector=connector,
+            timeout=FETCH_TIMEOUT,
+            trust_env=False,
+            headers={"User-Agent": "imgur-rehost-bot (+https://github.com/)"},
+        )
+
+    def check_url(self, url: URL) -> None:
+        """Refuse schemes other than http(s), user-info, and literal non-public addresses."""
+        if url.scheme not in {"http", "https"}:
+            raise SourceError("Only http and https links can be rehosted.")
+        if not url.host:
+            raise SourceError("That link has no host name.")
+        if url.user is not None or url.password is not None:
+            raise SourceError("Links with a user name or password cannot be rehosted.")
+        if self._allow_private:
+            return
+        try:
+            public = is_public_address(url.host)
+        except ValueError:
+            return  # a name: PublicOnlyResolver checks what it resolves to
+        if not public:
+            raise BlockedAddress("That URL points to a private or local address.")
+
+    async def stream(self, url: str) -> AsyncIterator[bytes]:
+        """The body at ``url`` in chunks, following at most ``MAX_REDIRECTS`` redirects."""
+        try:
+            target = URL(url.strip())
+        except ValueError as exc:
+            raise SourceError("That is not a valid link.") from exc
+
+        for _ in range(MAX_REDIRECTS + 1):
+            self.check_url(target)
+            try:
+                async with self._session.get(target, allow_redirects=False) as response:
+                    if response.status in {301, 302, 303, 307, 308}:
+                        location = response.headers.get("Location")
+                        if not location:
+                            raise SourceError("The link redirects nowhere.")
+                        target = target.join(URL(location))
+                        continue
+                    if response.status != 200:
+                        raise SourceError(
+                            f"The link answered HTTP {response.status}; is it still available?"
+                        )
+                    async for chunk in response.content.iter_chunked(CHUNK):
+                        yield chunk
+                    return
+            except aiohttp.ClientPayloadError as exc:
+                raise media.TruncatedMedia("The download was cut short; try again.") from exc
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                raise SourceError(
+                    "The link could not be downloaded (connection failed or timed out)."
+                ) from exc
+        raise SourceError(f"The link redirects more than {MAX_REDIRECTS} times.")
+
+
+class Spool:
+    """Bytes received once, hashed on the way in, and readable again for every upload attempt.
+
+    Small files stay in memory; larger ones go to a temporary file that is removed on close.
+    It satisfies ``bot.imgur.UploadBody``.
+    """
+
+    def __init__(self, filename: str, directory: Path | None = None) -> None:
+        self.filename = filename
+        self.mime = "application/octet-stream"
+        self.size = 0
+        self.media_type: MediaType | None = None
+        self._directory = directory
+        self._hash = hashlib.sha256()
+        self._memory = bytearray()
+        self._file: BinaryIO | None = None
+        self._path: Path | None = None
+        self._tail = b""
+
+    @property
+    def sha256(self) -> str:
+        return self._hash.hexdigest()
+
+    @property
+    def kind(self) -> media.MediaKind:
+        assert self.media_type is not None, "spool has not been filled"
+        return self.media_type.kind
+
+    def open(self) -> BinaryIO:
+        """A fresh reader at the first byte."""
+        if self._path is None:
+            return io.BytesIO(self._memory)
+        return self._path.open("rb")
+
+    def absorb(self, data: bytes) -> None:
+        """Hash and store ``data``; blocking, so called from a worker thread."""
+        self._hash.update(data)
+        self._tail = (self._tail + data[-16:])[-16:]
+        if self._file is None and len(self._memory) + len(data) > MEMORY_SPOOL_LIMIT:
+            handle, name = tempfile.mkstemp(prefix="rehost-", dir=self._directory)
+            self._path = Path(name)
+            self._file = os.fdopen(handle, "wb")
+            self._file.write(self._memory)
+            self._memory = bytearray()
+        if self._file is None:
+            self._memory += data
+        else:
+            self._file.write(data)
+
+    def finish(self) -> None:
+        """Flush the file; blocking."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def close(self) -> None:
+        """Release the memory or the temporary file; blocking."""
+        self.finish()
+        if self._path is not None:
+            with contextlib.suppress(FileNotFoundError):
+                self._path.unlink()
+            self._path = None
+        self._memory = bytearray()
+
+    @property
+    def tail(self) -> bytes:
+        return self._tail
+
+
+async def spool(
+    source: Source,
+    limits: MediaLimits,
+    *,
+    directory: Path | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Spool:
+    """Read ``source`` once: sniff its type, enforce the limits, hash it, keep it for upload.
+
+    The type is judged from the first bytes, so a file that is not media is refused before the
+    rest is downloaded; the size is checked before reading when announced, and while reading
+    in any case.
+
+    Raises:
+        MediaError: not media, too large, empty or cut short.
+        SourceError: the source could not be read.
+    """
+    declared = source.declared_size
+    if declared is not None:
+        media.check_size(declared, limits)
+    result = Spool(source.filename, directory)
+    pending: asyncio.Future[None] | None = None
+    batch = bytearray()
+
+    try:
+        async for chunk in source.chunks():
+            batch += chunk
+            result.size += len(chunk)
+            if result.media_type is None:
+                if len(batch) < media.SNIFF_BYTES:
+                    continue
+                _identify(result, bytes(batch[: media.SNIFF_BYTES]), limits, declared)
+            media.check_size(result.size, limits, result.media_type)
+            if on_progress is not None:
+                on_progress("download", result.size, declared)
+            if len(batch) >= BATCH:
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb, bytes(batch)))
+                batch.clear()
+
+        if result.media_type is None:
+            _identify(result, bytes(batch), limits, declared)
+        if pending is not None:
+            await pending
+        await asyncio.to_thread(_finish, result, bytes(batch))
+    except BaseException:
+        if pending is not None:
+            with contextlib.suppress(BaseException):
+                await pending
+        await asyncio.to_thread(result.close)
+        raise
+
+    if declared is not None and result.size != declared:
+        await asyncio.to_thread(result.close)
+        raise media.TruncatedMedia(
+            f"Received {result.size} bytes but {declared} were announced; try again."
+        )
+    assert result.media_type is not None
+    try:
+        media.check_ending(result.media_type, result.tail)
+    except media.MediaError:
+        await asyncio.to_thread(result.close)
+        raise
+    return result
+
+
+def _identify(result: Spool, head: bytes, limits: MediaLimits, declared: int | None) -> None:
+    result.media_type = media.sniff(head)
+    result.mime = result.media_type.mime
+    result.filename = f"{clean_stem(result.filename)}.{result.media_type.extension}"
+    if declared is not None:
+        media.check_size(declared, limits, result.media_type)
+
+
+def clean_stem(filename: str) -> str:
+    """A file name's stem made safe to show and send: printable, no paths, at most 80 chars."""
+    stem = Path(filename.replace("\\", "/")).stem
+    kept = "".join(c for c in stem if c.isalnum() or c in " ._-()[]")
+    return kept.strip(" .")[:80] or "upload"
+
+
+def _finish(result: Spool, last: bytes) -> None:
+    if last:
+        result.absorb(last)
+    result.finish()
