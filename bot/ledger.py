@@ -1,0 +1,1354 @@
+"""The ledger: every Imgur upload with its deletehash, every rehost, albums and guild settings.
+
+This SQLite file is the only place a deletehash lives. Losing a row means an image on Imgur
+that nobody can delete any more, so the rules here are strict:
+
+- an upload is put on record (``pending``) *before* Imgur is called and completed after, in
+  one transaction together with its first rehost;
+- every write runs in its own ``BEGIN IMMEDIATE`` transaction and is shielded from the
+  caller's cancellation, so a Discord interaction that times out cannot cut a record in half;
+- one connection, one lock: a read never sees another coroutine's unfinished transaction;
+- every value is a bound parameter; the SQL text is only ever built from fixed fragments.
+
+An *upload* is one image on Imgur (one deletehash). A *rehost* is one request (Discord, the
+command line or HTTP) that produced an upload or reused a live upload of the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sqlite3
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Literal, TypeVar, get_args
+
+import aiosqlite
+
+from bot.errors import NotFound, RehostError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+Door = Literal["discord", "cli", "http"]
+
+UPLOAD_KINDS: Final = frozenset({"image", "animated", "video"})
+UPLOAD_STATES: Final = frozenset({"pending", "done", "deleted", "failed"})
+
+READ_FAILED: Final = "The upload records could not be read right now; please try again."
+WRITE_FAILED: Final = "The change could not be saved to the upload records; please try again."
+
+
+class LedgerError(RehostError):
+    """The ledger could not be read or written; the message is safe to show."""
+
+
+class RecordNotFound(LedgerError, NotFound):
+    """The upload, rehost or album named is not in the ledger."""
+
+
+class RecordStateError(LedgerError):
+    """The record is not in a state that allows the change (e.g. reusing a deleted upload)."""
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a rehost came from."""
+
+    door: Door
+    guild_id: int | None = None
+    channel_id: int | None = None
+    message_id: int | None = None
+    attachment_id: int | None = None
+    owner_id: int | None = None
+    requester_id: int | None = None
+    filename: str | None = None
+    title: str | None = None
+    auto: bool = False
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One image on Imgur; ``deletehash`` stays out of ``repr``."""
+
+    id: int
+    imgur_id: str | None
+    link: str | None
+    deletehash: str | None = field(repr=False)
+    kind: str
+    mime: str
+    size: int
+    sha256: str
+    state: str
+    created_at: float
+    completed_at: float | None
+    deleted_at: float | None
+    deleted_by: int | None
+    delete_reason: str | None
+
+
+@dataclass(frozen=True)
+class Rehost:
+    """One request that produced or reused an upload."""
+
+    id: int
+    upload: Upload
+    origin: Origin
+    reused: bool
+    created_at: float
+    reply_channel_id: int | None
+    reply_message_id: int | None
+    deleted_at: float | None
+
+
+@dataclass(frozen=True)
+class Album:
+    """An anonymous Imgur album; ``deletehash`` stays out of ``repr``."""
+
+    id: int
+    imgur_id: str
+    link: str
+    deletehash: str = field(repr=False)
+    guild_id: int | None
+    message_id: int | None
+    created_at: float
+    deleted_at: float | None
+
+
+@dataclass(frozen=True)
+class GuildSettings:
+    """Per-guild switches; a guild without a row gets these defaults."""
+
+    guild_id: int
+    delete_with_source: bool = True
+    allow_nsfw: bool = False
+
+
+# --- schema ---------------------------------------------------------------------------------
+#
+# MIGRATIONS[n] takes a database from version n to n + 1; PRAGMA user_version holds the version.
+# A step that has shipped is never edited: change the schema by appending a step.
+
+_ORIGIN_COLUMNS = """
+    door TEXT NOT NULL CHECK (door IN ('discord', 'cli', 'http')),
+    guild_id INTEGER,
+    channel_id INTEGER,
+    message_id INTEGER,
+    attachment_id INTEGER,
+    owner_id INTEGER,
+    requester_id INTEGER,
+    filename TEXT,
+    title TEXT,
+    auto INTEGER NOT NULL DEFAULT 0 CHECK (auto IN (0, 1))"""
+
+_V1_INITIAL: Final[tuple[str, ...]] = (
+    # The origin columns on uploads are the request that caused the upload: a pending row
+    # needs them for reconciliation, and the first rehost is copied from them on completion.
+    # `duplicate` marks a second upload of the same bytes that raced the first to Imgur.
+    """
+    CREATE TABLE uploads (
+        id INTEGER PRIMARY KEY,
+        imgur_id TEXT,
+        link TEXT,
+        deletehash TEXT,
+        kind TEXT NOT NULL CHECK (kind IN ('image', 'animated', 'video')),
+        mime TEXT NOT NULL,
+        size INTEGER NOT NULL CHECK (size >= 0),
+        sha256 TEXT NOT NULL CHECK (length(sha256) = 64),
+        state TEXT NOT NULL DEFAULT 'pending'
+            CHECK (state IN ('pending', 'done', 'deleted', 'failed')),
+        duplicate INTEGER NOT NULL DEFAULT 0 CHECK (duplicate IN (0, 1)),
+        created_at REAL NOT NULL,
+        completed_at REAL,
+        deleted_at REAL,
+        deleted_by INTEGER,
+        delete_reason TEXT,
+        fail_reason TEXT,"""
+    + _ORIGIN_COLUMNS
+    + """,
+        CHECK (state NOT IN ('done', 'deleted')
+               OR (imgur_id IS NOT NULL AND link IS NOT NULL AND deletehash IS NOT NULL))
+    )
+    """,
+    """
+    CREATE TABLE rehosts (
+        id INTEGER PRIMARY KEY,
+        upload_id INTEGER NOT NULL REFERENCES uploads (id),
+        reused INTEGER NOT NULL CHECK (reused IN (0, 1)),
+        created_at REAL NOT NULL,
+        reply_channel_id INTEGER,
+        reply_message_id INTEGER,
+        deleted_at REAL,
+        deleted_by INTEGER,
+        delete_reason TEXT,"""
+    + _ORIGIN_COLUMNS
+    + """
+    )
+    """,
+    """
+    CREATE TABLE albums (
+        id INTEGER PRIMARY KEY,
+        imgur_id TEXT NOT NULL UNIQUE,
+        link TEXT NOT NULL,
+        deletehash TEXT NOT NULL,
+        created_at REAL NOT NULL,
+        deleted_at REAL,"""
+    + _ORIGIN_COLUMNS
+    + """
+    )
+    """,
+    """
+    CREATE TABLE album_uploads (
+        album_id INTEGER NOT NULL REFERENCES albums (id),
+        position INTEGER NOT NULL,
+        upload_id INTEGER NOT NULL REFERENCES uploads (id),
+        PRIMARY KEY (album_id, position)
+    )
+    """,
+    """
+    CREATE TABLE guild_settings (
+        guild_id INTEGER PRIMARY KEY,
+        delete_with_source INTEGER NOT NULL CHECK (delete_with_source IN (0, 1)),
+        allow_nsfw INTEGER NOT NULL CHECK (allow_nsfw IN (0, 1)),
+        updated_at REAL NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE auto_channels (
+        guild_id INTEGER NOT NULL,
+        channel_id INTEGER NOT NULL,
+        added_by INTEGER NOT NULL,
+        added_at REAL NOT NULL,
+        PRIMARY KEY (guild_id, channel_id)
+    ) WITHOUT ROWID
+    """,
+)
+
+_V2_INDEXES: Final[tuple[str, ...]] = (
+    # Version 1 had no unique index, so two live uploads of the same bytes could exist: keep
+    # the oldest as the one to reuse and mark the rest as duplicates before enforcing it.
+    """
+    UPDATE uploads SET duplicate = 1
+    WHERE state = 'done' AND duplicate = 0
+      AND id NOT IN (
+          SELECT min(id) FROM uploads WHERE state = 'done' AND duplicate = 0 GROUP BY sha256
+      )
+    """,
+    """
+    CREATE UNIQUE INDEX uploads_live_sha256 ON uploads (sha256)
+    WHERE state = 'done' AND duplicate = 0
+    """,
+    "CREATE UNIQUE INDEX uploads_imgur_id ON uploads (imgur_id)",
+    "CREATE INDEX uploads_pending ON uploads (id) WHERE state = 'pending'",
+    "CREATE INDEX uploads_created ON uploads (created_at)",
+    "CREATE INDEX rehosts_message ON rehosts (message_id)",
+    "CREATE INDEX rehosts_guild_time ON rehosts (guild_id, created_at)",
+    "CREATE INDEX rehosts_created ON rehosts (created_at)",
+    "CREATE INDEX rehosts_upload ON rehosts (upload_id)",
+    "CREATE INDEX albums_message ON albums (message_id)",
+    "CREATE INDEX album_uploads_upload ON album_uploads (upload_id)",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_V1_INITIAL, _V2_INDEXES)
+SCHEMA_VERSION: Final = len(MIGRATIONS)
+
+# --- row shapes -----------------------------------------------------------------------------
+
+_UPLOAD_FIELDS = """
+    u.id AS u_id, u.imgur_id AS u_imgur_id, u.link AS u_link, u.deletehash AS u_deletehash,
+    u.kind AS u_kind, u.mime AS u_mime, u.size AS u_size, u.sha256 AS u_sha256,
+    u.state AS u_state, u.created_at AS u_created_at, u.completed_at AS u_completed_at,
+    u.deleted_at AS u_deleted_at, u.deleted_by AS u_deleted_by,
+    u.delete_reason AS u_delete_reason"""
+
+_UPLOAD_ORIGIN_FIELDS = """
+    u.door AS o_door, u.guild_id AS o_guild_id, u.channel_id AS o_channel_id,
+    u.message_id AS o_message_id, u.attachment_id AS o_attachment_id,
+    u.owner_id AS o_owner_id, u.requester_id AS o_requester_id, u.filename AS o_filename,
+    u.title AS o_title, u.auto AS o_auto"""
+
+_REHOST_FIELDS = """
+    r.id AS r_id, r.reused AS r_reused, r.created_at AS r_created_at,
+    r.reply_channel_id AS r_reply_channel_id, r.reply_message_id AS r_reply_message_id,
+    r.deleted_at AS r_deleted_at,
+    r.door AS o_door, r.guild_id AS o_guild_id, r.channel_id AS o_channel_id,
+    r.message_id AS o_message_id, r.attachment_id AS o_attachment_id,
+    r.owner_id AS o_owner_id, r.requester_id AS o_requester_id, r.filename AS o_filename,
+    r.title AS o_title, r.auto AS o_auto"""
+
+_SELECT_UPLOAD = "SELECT" + _UPLOAD_FIELDS + " FROM uploads AS u "
+_SELECT_PENDING = (
+    "SELECT" + _UPLOAD_FIELDS + "," + _UPLOAD_ORIGIN_FIELDS + " FROM uploads AS u "
+    "WHERE u.state = 'pending' ORDER BY u.id"
+)
+_SELECT_REHOST = (
+    "SELECT" + _REHOST_FIELDS + "," + _UPLOAD_FIELDS + " "
+    "FROM rehosts AS r JOIN uploads AS u ON u.id = r.upload_id "
+)
+_SELECT_ALBUM = (
+    "SELECT id, imgur_id, link, deletehash, guild_id, message_id, created_at, deleted_at "
+    "FROM albums "
+)
+
+# Inserting a rehost: its own columns, then the origin's (the same names on every table).
+_INSERT_REHOST = """
+    INSERT INTO rehosts (
+        upload_id, reused, created_at, door, guild_id, channel_id, message_id, attachment_id,
+        owner_id, requester_id, filename, title, auto
+    ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# Lists of ids are bound as one JSON array (see _id_list) and unpacked in SQL with
+# `IN (SELECT value FROM json_each(?))`, so the SQL text never grows with the number of ids.
+
+
+def _upload_from(row: sqlite3.Row) -> Upload:
+    return Upload(
+        id=row["u_id"],
+        imgur_id=row["u_imgur_id"],
+        link=row["u_link"],
+        deletehash=row["u_deletehash"],
+        kind=row["u_kind"],
+        mime=row["u_mime"],
+        size=row["u_size"],
+        sha256=row["u_sha256"],
+        state=row["u_state"],
+        created_at=row["u_created_at"],
+        completed_at=row["u_completed_at"],
+        deleted_at=row["u_deleted_at"],
+        deleted_by=row["u_deleted_by"],
+        delete_reason=row["u_delete_reason"],
+    )
+
+
+def _origin_from(row: sqlite3.Row) -> Origin:
+    return Origin(
+        door=row["o_door"],
+        guild_id=row["o_guild_id"],
+        channel_id=row["o_channel_id"],
+        message_id=row["o_message_id"],
+        attachment_id=row["o_attachment_id"],
+        owner_id=row["o_owner_id"],
+        requester_id=row["o_requester_id"],
+        filename=row["o_filename"],
+        title=row["o_title"],
+        auto=bool(row["o_auto"]),
+    )
+
+
+def _rehost_from(row: sqlite3.Row) -> Rehost:
+    return Rehost(
+        id=row["r_id"],
+        upload=_upload_from(row),
+        origin=_origin_from(row),
+        reused=bool(row["r_reused"]),
+        created_at=row["r_created_at"],
+        reply_channel_id=row["r_reply_channel_id"],
+        reply_message_id=row["r_reply_message_id"],
+        deleted_at=row["r_deleted_at"],
+    )
+
+
+def _album_from(row: sqlite3.Row) -> Album:
+    return Album(
+        id=row["id"],
+        imgur_id=row["imgur_id"],
+        link=row["link"],
+        deletehash=row["deletehash"],
+        guild_id=row["guild_id"],
+        message_id=row["message_id"],
+        created_at=row["created_at"],
+        deleted_at=row["deleted_at"],
+    )
+
+
+def _origin_values(origin: Origin) -> tuple[Any, ...]:
+    if origin.door not in get_args(Door):
+        raise ValueError(f"unknown door {origin.door!r}")
+    return (
+        origin.door,
+        origin.guild_id,
+        origin.channel_id,
+        origin.message_id,
+        origin.attachment_id,
+        origin.owner_id,
+        origin.requester_id,
+        origin.filename,
+        origin.title,
+        int(origin.auto),
+    )
+
+
+def _id_list(ids: Sequence[int]) -> str:
+    return json.dumps([int(i) for i in ids])
+
+
+def _like_pattern(text: str) -> str:
+    """``%text%`` for LIKE with ESCAPE '\\': the person's % and _ match only themselves."""
+    escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return f"%{escaped}%"
+
+
+def _normal_sha256(sha256: str) -> str:
+    digest = sha256.lower()
+    if len(digest) != 64 or any(c not in "0123456789abcdef" for c in digest):
+        raise ValueError("sha256 must be 64 hexadecimal characters")
+    return digest
+
+
+async def _fetchone(
+    db: aiosqlite.Connection, sql: str, params: Sequence[Any]
+) -> sqlite3.Row | None:
+    async with db.execute(sql, params) as cursor:
+        row: sqlite3.Row | None = await cursor.fetchone()
+    return row
+
+
+async def _fetchall(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
+    async with db.execute(sql, params) as cursor:
+        rows = await cursor.fetchall()
+    return list(rows)
+
+
+async def _change(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> int:
+    """Run one INSERT/UPDATE/DELETE; the number of rows it touched."""
+    async with db.execute(sql, params) as cursor:
+        return cursor.rowcount
+
+
+async def _insert(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> int:
+    async with db.execute(sql, params) as cursor:
+        row_id = cursor.lastrowid
+    if row_id is None:  # pragma: no cover - sqlite always reports it after an INSERT
+        raise sqlite3.DatabaseError("INSERT reported no row id")
+    return row_id
+
+
+async def _rehost_by_id(db: aiosqlite.Connection, rehost_id: int) -> Rehost | None:
+    row = await _fetchone(db, _SELECT_REHOST + "WHERE r.id = ?", (rehost_id,))
+    return _rehost_from(row) if row is not None else None
+
+
+async def _count_existing(db: aiosqlite.Connection, table: str, ids: Sequence[int]) -> int:
+    sql = {
+        "rehosts": "SELECT count(*) FROM rehosts WHERE id IN (SELECT value FROM json_each(?))",
+        "uploads": "SELECT count(*) FROM uploads WHERE id IN (SELECT value FROM json_each(?))",
+    }[table]
+    row = await _fetchone(db, sql, (_id_list(ids),))
+    assert row is not None
+    return int(row[0])
+
+
+class Ledger:
+    """The SQLite record of uploads, rehosts, albums and guild settings.
+
+    Open with ``await Ledger.open(path)`` (or ``async with await Ledger.open(path)``) and close
+    with ``await ledger.close()``. Every method raises :class:`LedgerError` (chained from the
+    sqlite3 error) when the database cannot be read or written; methods that change one
+    named record raise :class:`RecordNotFound` or :class:`RecordStateError` as documented.
+    """
+
+    def __init__(
+        self,
+        db: aiosqlite.Connection,
+        path: Path,
+        *,
+        clock: Callable[[], float],
+        schema_version: int,
+    ) -> None:
+        self._db = db
+        self._path = path
+        self._clock = clock
+        self._schema_version = schema_version
+        self._lock = asyncio.Lock()
+        self._writes: set[asyncio.Task[Any]] = set()
+        self._closed = False  # no new calls are taken
+        self._disconnected = False  # the connection itself is closed
+
+    # --- opening and closing ----------------------------------------------------------------
+
+    @classmethod
+    async def open(
+        cls,
+        path: Path,
+        *,
+        clock: Callable[[], float] = time.time,
+        busy_timeout: float = 5.0,
+    ) -> Ledger:
+        """Open (creating if needed) and migrate the ledger at ``path``.
+
+        Raises:
+            LedgerError: the file cannot be opened, is not a ledger, failed to migrate, or was
+                written by a newer version of the bot.
+        """
+        path = Path(path)
+        try:
+            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
+        except OSError as exc:
+            log.exception("cannot create the directory for the ledger at %s", path)
+            raise LedgerError("The upload records could not be opened.") from exc
+
+        # isolation_level=None: no implicit transactions; every write opens its own.
+        # timeout is SQLite's busy_timeout: how long a statement waits for another process's
+        # lock before "database is locked".
+        db = aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
+        try:
+            await db
+        except sqlite3.Error as exc:
+            log.exception("cannot open the ledger at %s", path)
+            raise LedgerError("The upload records could not be opened.") from exc
+
+        try:
+            db.row_factory = sqlite3.Row
+            version = await cls._prepare(db, path)
+        except BaseException:
+            await db.close()
+            raise
+
+        log.info("ledger open at %s (schema version %d)", path, version)
+        return cls(db, path, clock=clock, schema_version=version)
+
+    @staticmethod
+    async def _prepare(db: aiosqlite.Connection, path: Path) -> int:
+        try:
+            await db.execute("PRAGMA journal_mode = WAL")
+            # FULL, not NORMAL: in WAL mode NORMAL skips the fsync at each commit, so a power
+            # loss can undo the last commits. This file is the only copy of each deletehash
+            # and we write a few rows a minute (Imgur allows ~50 uploads an hour), so one
+            # fsync per commit costs nothing worth saving.
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await _fetchone(db, "SELECT json_array_length(json_array(1))", ())
+            row = await _fetchone(db, "PRAGMA user_version", ())
+        except sqlite3.Error as exc:
+            log.exception("cannot prepare the ledger at %s", path)
+            raise LedgerError(
+                "The upload records could not be opened: the file is not a usable SQLite "
+                "database, or this SQLite lacks JSON support."
+            ) from exc
+
+        assert row is not None
+        version = int(row[0])
+        if version > SCHEMA_VERSION:
+            log.error(
+                "ledger at %s has schema version %d; this code knows up to %d",
+                path,
+                version,
+                SCHEMA_VERSION,
+            )
+            raise LedgerError(
+                f"The upload records were written by a newer version of the bot (schema "
+                f"{version}, this version knows up to {SCHEMA_VERSION}); upgrade the bot."
+            )
+
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            await Ledger._migrate(db, path, target)
+        return SCHEMA_VERSION
+
+    @staticmethod
+    async def _migrate(db: aiosqlite.Connection, path: Path, target: int) -> None:
+        """Apply MIGRATIONS[target - 1] and set user_version to target, all or nothing."""
+        try:
+            await db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[target - 1]:
+                    await db.execute(statement)
+                # PRAGMA takes no bound parameters; target is our own int, never outside input.
+                await db.execute("PRAGMA user_version = %d" % target)  # noqa: UP031
+                await db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    await db.execute("ROLLBACK")
+                raise
+        except sqlite3.Error as exc:
+            log.exception("ledger at %s failed to migrate to schema version %d", path, target)
+            raise LedgerError(
+                f"The upload records could not be upgraded to schema version {target}; "
+                "the file was left as it was."
+            ) from exc
+        log.info("ledger at %s migrated to schema version %d", path, target)
+
+    async def close(self) -> None:
+        """Let writes in flight finish, then close the connection. Safe to call twice."""
+        if self._closed:
+            return
+        self._closed = True
+
+        if self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
+        async with self._lock:
+            self._disconnected = True
+            await self._db.close()
+        log.info("ledger at %s closed", self._path)
+
+    async def __aenter__(self) -> Ledger:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    @property
+    def schema_version(self) -> int:
+        return self._schema_version
+
+    async def integrity_ok(self) -> bool:
+        """True when SQLite's integrity check passes and no foreign key points nowhere."""
+
+        async def work(db: aiosqlite.Connection) -> bool:
+            checks = await _fetchall(db, "PRAGMA integrity_check", ())
+            dangling = await _fetchall(db, "PRAGMA foreign_key_check", ())
+            return [tuple(row) for row in checks] == [("ok",)] and not dangling
+
+        return await self._read("integrity check", work)
+
+    # --- running statements -----------------------------------------------------------------
+
+    def _ensure_open(self, *, connected_only: bool = False) -> None:
+        if self._disconnected or (self._closed and not connected_only):
+            raise LedgerError("The upload records are closed; the bot is shutting down.")
+
+    async def _read(self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+        self._ensure_open()
+        async with self._lock:
+            self._ensure_open(connected_only=True)
+            try:
+                return await work(self._db)
+            except (sqlite3.Error, OverflowError) as exc:
+                log.exception("ledger: %s failed", what)
+                raise LedgerError(READ_FAILED) from exc
+
+    async def _write(
+        self,
+        what: str,
+        work: Callable[[aiosqlite.Connection], Awaitable[T]],
+        *,
+        failure: str = WRITE_FAILED,
+    ) -> T:
+        """Run ``work`` in one transaction that survives the caller being cancelled."""
+        self._ensure_open()
+
+        # Shielded: once started, the transaction commits or rolls back whatever happens to
+        # the caller, and close() waits for it.
+        task = asyncio.ensure_future(self._transaction(what, work, failure))
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+        return await asyncio.shield(task)
+
+    async def _transaction(
+        self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], failure: str
+    ) -> T:
+        async with self._lock:
+            self._ensure_open(connected_only=True)
+            try:
+                await self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = await work(self._db)
+                    await self._db.execute("COMMIT")
+                except BaseException:
+                    await self._rollback(what)
+                    raise
+            except (sqlite3.Error, OverflowError) as exc:
+                log.exception("ledger: %s failed; nothing was changed", what)
+                raise LedgerError(failure) from exc
+        return result
+
+    async def _rollback(self, what: str) -> None:
+        if not self._db.in_transaction:
+            return
+        try:
+            await self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            log.exception("ledger: rolling back %s failed", what)
+
+    # --- the upload lifecycle ---------------------------------------------------------------
+
+    async def begin_upload(
+        self, *, sha256: str, size: int, mime: str, kind: str, origin: Origin
+    ) -> int:
+        """Put an upload on record as pending before Imgur is called; its row id.
+
+        Raises:
+            LedgerError: not recorded; Imgur must not be called.
+        """
+        digest = _normal_sha256(sha256)
+        if kind not in UPLOAD_KINDS:
+            raise ValueError(f"unknown upload kind {kind!r}")
+        values = (kind, mime, size, digest, self._clock(), *_origin_values(origin))
+
+        async def work(db: aiosqlite.Connection) -> int:
+            return await _insert(
+                db,
+                """
+                INSERT INTO uploads (
+                    kind, mime, size, sha256, state, created_at, door, guild_id, channel_id,
+                    message_id, attachment_id, owner_id, requester_id, filename, title, auto
+                ) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                values,
+            )
+
+        pending_id = await self._write(
+            "begin upload",
+            work,
+            failure="The upload record could not be saved; nothing was published.",
+        )
+        log.debug("ledger: upload %d pending (%s, %d bytes, %s)", pending_id, kind, size, mime)
+        return pending_id
+
+    async def complete_upload(
+        self, pending_id: int, *, imgur_id: str, link: str, deletehash: str
+    ) -> Rehost:
+        """Record what Imgur answered and the upload's first rehost, in one transaction.
+
+        A row that was abandoned as failed may still be completed: if Imgur answered after
+        all, its deletehash must not be thrown away. Completing the same upload twice with the
+        same ``imgur_id`` returns the first rehost again.
+
+        If another upload of the same bytes completed first (two requests raced to Imgur), this
+        one is kept as a live *duplicate*: recorded and deletable, but never offered for reuse.
+
+        Raises:
+            RecordNotFound: no upload with that id.
+            RecordStateError: the upload was completed with another image, or deleted.
+            LedgerError: not recorded; the caller still holds the only copy of the deletehash.
+        """
+
+        async def work(db: aiosqlite.Connection) -> tuple[Rehost, bool]:
+            row = await _fetchone(
+                db, "SELECT state, imgur_id, sha256 FROM uploads WHERE id = ?", (pending_id,)
+            )
+            if row is None:
+                raise RecordNotFound("That upload is not in the ledger.")
+
+            if row["state"] == "done" and row["imgur_id"] == imgur_id:
+                first = await _fetchone(
+                    db,
+                    "SELECT min(id) FROM rehosts WHERE upload_id = ? AND reused = 0",
+                    (pending_id,),
+                )
+                rehost = await _rehost_by_id(db, first[0]) if first is not None else None
+                if rehost is not None:
+                    return rehost, False
+            if row["state"] not in ("pending", "failed"):
+                raise RecordStateError("That upload was already completed or deleted.")
+
+            rival = await _fetchone(
+                db,
+                "SELECT id FROM uploads "
+                "WHERE sha256 = ? AND state = 'done' AND duplicate = 0 AND id != ?",
+                (row["sha256"], pending_id),
+            )
+            duplicate = rival is not None
+            await _change(
+                db,
+                """
+                UPDATE uploads
+                SET imgur_id = ?, link = ?, deletehash = ?, state = 'done', duplicate = ?,
+                    completed_at = ?, fail_reason = NULL
+                WHERE id = ?
+                """,
+                (imgur_id, link, deletehash, int(duplicate), self._clock(), pending_id),
+            )
+
+            rehost_id = await _insert(
+                db,
+                """
+                INSERT INTO rehosts (
+                    upload_id, reused, created_at, door, guild_id, channel_id, message_id,
+                    attachment_id, owner_id, requester_id, filename, title, auto
+                )
+                SELECT id, 0, completed_at, door, guild_id, channel_id, message_id,
+                       attachment_id, owner_id, requester_id, filename, title, auto
+                FROM uploads WHERE id = ?
+                """,
+                (pending_id,),
+            )
+            rehost = await _rehost_by_id(db, rehost_id)
+            assert rehost is not None
+            return rehost, duplicate
+
+        rehost, duplicate = await self._write(
+            "complete upload",
+            work,
+            failure="The image was uploaded but could not be recorded.",
+        )
+        if duplicate:
+            log.warning(
+                "ledger: upload %d (%s) duplicates a live upload of the same bytes",
+                pending_id,
+                imgur_id,
+            )
+        log.info(
+            "ledger: upload %d stored as %s (%d bytes), rehost %d",
+            pending_id,
+            imgur_id,
+            rehost.upload.size,
+            rehost.id,
+        )
+        return rehost
+
+    async def abandon_upload(self, pending_id: int, reason: str) -> None:
+        """Mark a pending upload failed: Imgur refused it or could not be reached.
+
+        Abandoning a failed upload again changes nothing.
+
+        Raises:
+            RecordNotFound: no upload with that id.
+            RecordStateError: the upload completed; a completed record is never abandoned.
+        """
+
+        async def work(db: aiosqlite.Connection) -> None:
+            row = await _fetchone(db, "SELECT state FROM uploads WHERE id = ?", (pending_id,))
+            if row is None:
+                raise RecordNotFound("That upload is not in the ledger.")
+            if row["state"] == "failed":
+                return
+            if row["state"] != "pending":
+                raise RecordStateError("That upload already completed and cannot be abandoned.")
+            await _change(
+                db,
+                "UPDATE uploads SET state = 'failed', fail_reason = ? WHERE id = ?",
+                (reason, pending_id),
+            )
+
+        await self._write("abandon upload", work)
+        log.info("ledger: upload %d abandoned: %s", pending_id, reason)
+
+    async def pending_uploads(self) -> list[tuple[Upload, Origin]]:
+        """Uploads begun but never completed or abandoned (oldest first), with their origin."""
+
+        async def work(db: aiosqlite.Connection) -> list[tuple[Upload, Origin]]:
+            rows = await _fetchall(db, _SELECT_PENDING, ())
+            return [(_upload_from(row), _origin_from(row)) for row in rows]
+
+        return await self._read("list pending uploads", work)
+
+    async def find_live_upload(self, sha256: str) -> Upload | None:
+        """The upload to reuse for these bytes: done, not deleted, not a duplicate."""
+        digest = _normal_sha256(sha256)
+
+        async def work(db: aiosqlite.Connection) -> Upload | None:
+            row = await _fetchone(
+                db,
+                _SELECT_UPLOAD + "WHERE u.sha256 = ? AND u.state = 'done' AND u.duplicate = 0",
+                (digest,),
+            )
+            return _upload_from(row) if row is not None else None
+
+        return await self._read("find live upload", work)
+
+    async def record_reuse(self, upload_id: int, origin: Origin) -> Rehost:
+        """Record a rehost that reuses a live upload instead of calling Imgur.
+
+        Raises:
+            RecordNotFound: no upload with that id.
+            RecordStateError: the upload is no longer live (deleted meanwhile): upload afresh.
+        """
+        values = _origin_values(origin)
+
+        async def work(db: aiosqlite.Connection) -> Rehost:
+            row = await _fetchone(db, "SELECT state FROM uploads WHERE id = ?", (upload_id,))
+            if row is None:
+                raise RecordNotFound("That upload is not in the ledger.")
+            if row["state"] != "done":
+                raise RecordStateError("That upload is no longer available to reuse.")
+
+            rehost_id = await _insert(db, _INSERT_REHOST, (upload_id, 1, self._clock(), *values))
+            rehost = await _rehost_by_id(db, rehost_id)
+            assert rehost is not None
+            return rehost
+
+        rehost = await self._write("record reuse", work)
+        log.info("ledger: rehost %d reuses upload %d", rehost.id, upload_id)
+        return rehost
+
+    # --- reading ----------------------------------------------------------------------------
+
+    async def get_upload(self, imgur_id: str) -> Upload | None:
+        """The upload with this Imgur id, in whatever state."""
+
+        async def work(db: aiosqlite.Connection) -> Upload | None:
+            row = await _fetchone(db, _SELECT_UPLOAD + "WHERE u.imgur_id = ?", (imgur_id,))
+            return _upload_from(row) if row is not None else None
+
+        return await self._read("get upload", work)
+
+    async def get_rehost(self, rehost_id: int) -> Rehost | None:
+        async def work(db: aiosqlite.Connection) -> Rehost | None:
+            return await _rehost_by_id(db, rehost_id)
+
+        return await self._read("get rehost", work)
+
+    async def rehosts_of(self, upload_id: int, *, live_only: bool = True) -> list[Rehost]:
+        """The rehosts that point at one upload, oldest first."""
+        sql = _SELECT_REHOST + "WHERE r.upload_id = ? "
+        if live_only:
+            sql += "AND r.deleted_at IS NULL "
+        sql += "ORDER BY r.id"
+
+        async def work(db: aiosqlite.Connection) -> list[Rehost]:
+            return [_rehost_from(row) for row in await _fetchall(db, sql, (upload_id,))]
+
+        return await self._read("list rehosts of upload", work)
+
+    async def rehosts_for_messages(self, message_ids: Sequence[int]) -> list[Rehost]:
+        """Live rehosts whose source message is one of these, oldest first."""
+        if not message_ids:
+            return []
+        # Only fixed fragments are joined here; the ids are one bound parameter.
+        sql = _SELECT_REHOST + (  # noqa: S608
+            "WHERE r.message_id IN (SELECT value FROM json_each(?)) "
+            "AND r.deleted_at IS NULL ORDER BY r.id"
+        )
+
+        async def work(db: aiosqlite.Connection) -> list[Rehost]:
+            rows = await _fetchall(db, sql, (_id_list(message_ids),))
+            return [_rehost_from(row) for row in rows]
+
+        return await self._read("find rehosts for messages", work)
+
+    async def recent_rehosts(
+        self,
+        *,
+        guild_id: int | None = None,
+        owner_id: int | None = None,
+        door: Door | None = None,
+        limit: int = 25,
+        live_only: bool = False,
+    ) -> list[Rehost]:
+        """Rehosts newest first, narrowed by whichever filters are given."""
+        clauses: list[str] = []
+        params: list[Any] = []
+        if guild_id is not None:
+            clauses.append("r.guild_id = ?")
+            params.append(guild_id)
+        if owner_id is not None:
+            clauses.append("r.owner_id = ?")
+            params.append(owner_id)
+        if door is not None:
+            clauses.append("r.door = ?")
+            params.append(door)
+        if live_only:
+            clauses.append("r.deleted_at IS NULL")
+        where = ("WHERE " + " AND ".join(clauses) + " ") if clauses else ""
+        sql = _SELECT_REHOST + where + "ORDER BY r.created_at DESC, r.id DESC LIMIT ?"
+        params.append(max(0, limit))
+
+        async def work(db: aiosqlite.Connection) -> list[Rehost]:
+            return [_rehost_from(row) for row in await _fetchall(db, sql, params)]
+
+        return await self._read("list recent rehosts", work)
+
+    async def search_rehosts(
+        self, guild_id: int, text: str, *, owner_id: int | None = None, limit: int = 25
+    ) -> list[Rehost]:
+        """Live rehosts in one guild whose Imgur id, link, filename or title contains ``text``.
+
+        Matching is case-insensitive for ASCII; ``%`` and ``_`` in ``text`` match only
+        themselves. Newest first.
+        """
+        sql = (
+            _SELECT_REHOST
+            + """
+            WHERE r.guild_id = :guild_id AND r.deleted_at IS NULL AND u.state = 'done'
+              AND (:owner_id IS NULL OR r.owner_id = :owner_id)
+              AND (u.imgur_id LIKE :pattern ESCAPE '\\' OR u.link LIKE :pattern ESCAPE '\\'
+                   OR r.filename LIKE :pattern ESCAPE '\\' OR r.title LIKE :pattern ESCAPE '\\')
+            ORDER BY r.created_at DESC, r.id DESC
+            LIMIT :limit
+            """
+        )
+        params = {
+            "guild_id": guild_id,
+            "owner_id": owner_id,
+            "pattern": _like_pattern(text),
+            "limit": max(0, limit),
+        }
+
+        async def work(db: aiosqlite.Connection) -> list[Rehost]:
+            async with db.execute(sql, params) as cursor:
+                rows = await cursor.fetchall()
+            return [_rehost_from(row) for row in rows]
+
+        return await self._read("search rehosts", work)
+
+    async def count_uploads_since(self, since: float) -> int:
+        """Uploads sent to Imgur (pending, done or deleted; not failed, not reuses) since then."""
+
+        async def work(db: aiosqlite.Connection) -> int:
+            row = await _fetchone(
+                db,
+                "SELECT count(*) FROM uploads WHERE created_at >= ? AND state != 'failed'",
+                (since,),
+            )
+            assert row is not None
+            return int(row[0])
+
+        return await self._read("count uploads", work)
+
+    async def count_rehosts_since(self, since: float, *, reused: bool | None = None) -> int:
+        """Rehosts made since then; only reuses, only fresh uploads, or both."""
+
+        async def work(db: aiosqlite.Connection) -> int:
+            row = await _fetchone(
+                db,
+                "SELECT count(*) FROM rehosts WHERE created_at >= ? AND (? IS NULL OR reused = ?)",
+                (since, reused, reused),
+            )
+            assert row is not None
+            return int(row[0])
+
+        return await self._read("count rehosts", work)
+
+    # --- deletion ---------------------------------------------------------------------------
+
+    async def mark_upload_deleted(self, upload_id: int, *, by: int | None, reason: str) -> None:
+        """Record that the image was deleted from Imgur: the upload and all its rehosts.
+
+        Marking a deleted upload again keeps the first record. If this upload was the one
+        offered for reuse, the oldest live duplicate of the same bytes takes its place.
+
+        Raises:
+            RecordNotFound: no upload with that id.
+            RecordStateError: the upload never reached Imgur (pending or failed).
+        """
+
+        async def work(db: aiosqlite.Connection) -> int:
+            row = await _fetchone(
+                db, "SELECT state, sha256 FROM uploads WHERE id = ?", (upload_id,)
+            )
+            if row is None:
+                raise RecordNotFound("That upload is not in the ledger.")
+            if row["state"] == "deleted":
+                return 0
+            if row["state"] != "done":
+                raise RecordStateError(
+                    "That upload never reached Imgur; there is nothing to delete."
+                )
+
+            now = self._clock()
+            await _change(
+                db,
+                """
+                UPDATE uploads
+                SET state = 'deleted', duplicate = 0, deleted_at = ?, deleted_by = ?,
+                    delete_reason = ?
+                WHERE id = ?
+                """,
+                (now, by, reason, upload_id),
+            )
+            rehosts = await _change(
+                db,
+                """
+                UPDATE rehosts SET deleted_at = ?, deleted_by = ?, delete_reason = ?
+                WHERE upload_id = ? AND deleted_at IS NULL
+                """,
+                (now, by, reason, upload_id),
+            )
+            await _change(
+                db,
+                """
+                UPDATE uploads SET duplicate = 0
+                WHERE id = (
+                    SELECT id FROM uploads WHERE sha256 = ? AND state = 'done'
+                    ORDER BY duplicate, id LIMIT 1
+                ) AND NOT EXISTS (
+                    SELECT 1 FROM uploads WHERE sha256 = ? AND state = 'done' AND duplicate = 0
+                )
+                """,
+                (row["sha256"], row["sha256"]),
+            )
+            return rehosts
+
+        rehosts = await self._write("mark upload deleted", work)
+        log.info(
+            "ledger: upload %d marked deleted (%d rehosts) by %s: %s",
+            upload_id,
+            rehosts,
+            by,
+            reason,
+        )
+
+    async def mark_rehosts_deleted(
+        self, rehost_ids: Sequence[int], *, by: int | None, reason: str
+    ) -> None:
+        """Mark rehosts deleted (already deleted ones keep their first record).
+
+        The upload itself is left alone: whether to delete it from Imgur once no live rehost
+        points at it is the caller's decision (see :meth:`rehosts_of`).
+
+        Raises:
+            RecordNotFound: one of the ids is unknown; nothing was changed.
+        """
+        if not rehost_ids:
+            return
+        ids = _id_list(rehost_ids)
+
+        async def work(db: aiosqlite.Connection) -> int:
+            if await _count_existing(db, "rehosts", rehost_ids) != len(set(rehost_ids)):
+                raise RecordNotFound("One of those rehosts is not in the ledger.")
+            return await _change(
+                db,
+                "UPDATE rehosts SET deleted_at = ?, deleted_by = ?, delete_reason = ? "
+                "WHERE id IN (SELECT value FROM json_each(?)) AND deleted_at IS NULL",
+                (self._clock(), by, reason, ids),
+            )
+
+        changed = await self._write("mark rehosts deleted", work)
+        log.info("ledger: %d rehosts marked deleted by %s: %s", changed, by, reason)
+
+    async def set_reply(
+        self, rehost_ids: Sequence[int], *, channel_id: int, message_id: int
+    ) -> None:
+        """Remember the bot's public message that carries these rehosts' links.
+
+        Raises:
+            RecordNotFound: one of the ids is unknown; nothing was changed.
+        """
+        if not rehost_ids:
+            return
+        ids = _id_list(rehost_ids)
+
+        async def work(db: aiosqlite.Connection) -> None:
+            if await _count_existing(db, "rehosts", rehost_ids) != len(set(rehost_ids)):
+                raise RecordNotFound("One of those rehosts is not in the ledger.")
+            await _change(
+                db,
+                "UPDATE rehosts SET reply_channel_id = ?, reply_message_id = ? "
+                "WHERE id IN (SELECT value FROM json_each(?))",
+                (channel_id, message_id, ids),
+            )
+
+        await self._write("set reply", work)
+        log.debug("ledger: reply %d recorded for %d rehosts", message_id, len(rehost_ids))
+
+    # --- albums -----------------------------------------------------------------------------
+
+    async def record_album(
+        self,
+        *,
+        imgur_id: str,
+        link: str,
+        deletehash: str,
+        upload_ids: Sequence[int],
+        origin: Origin,
+    ) -> Album:
+        """Record an anonymous album and the uploads in it, in order.
+
+        Raises:
+            RecordNotFound: one of the uploads is unknown; nothing was recorded.
+        """
+        values = _origin_values(origin)
+
+        async def work(db: aiosqlite.Connection) -> Album:
+            if await _count_existing(db, "uploads", upload_ids) != len(set(upload_ids)):
+                raise RecordNotFound("One of the album's uploads is not in the ledger.")
+
+            album_id = await _insert(
+                db,
+                """
+                INSERT INTO albums (
+                    imgur_id, link, deletehash, created_at, door, guild_id, channel_id,
+                    message_id, attachment_id, owner_id, requester_id, filename, title, auto
+                ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                """,
+                (imgur_id, link, deletehash, self._clock(), *values),
+            )
+            await db.executemany(
+                "INSERT INTO album_uploads (album_id, position, upload_id) VALUES (?, ?, ?)",
+                [(album_id, position, upload_id) for position, upload_id in enumerate(upload_ids)],
+            )
+            row = await _fetchone(db, _SELECT_ALBUM + "WHERE id = ?", (album_id,))
+            assert row is not None
+            return _album_from(row)
+
+        album = await self._write(
+            "record album", work, failure="The album was created but could not be recorded."
+        )
+        log.info("ledger: album %d stored as %s (%d uploads)", album.id, imgur_id, len(upload_ids))
+        return album
+
+    async def albums_for_messages(self, message_ids: Sequence[int]) -> list[Album]:
+        """Live albums made from one of these source messages, oldest first."""
+        if not message_ids:
+            return []
+        # Only fixed fragments are joined here; the ids are one bound parameter.
+        sql = _SELECT_ALBUM + (  # noqa: S608
+            "WHERE message_id IN (SELECT value FROM json_each(?)) "
+            "AND deleted_at IS NULL ORDER BY id"
+        )
+
+        async def work(db: aiosqlite.Connection) -> list[Album]:
+            return [_album_from(row) for row in await _fetchall(db, sql, (_id_list(message_ids),))]
+
+        return await self._read("find albums for messages", work)
+
+    async def album_uploads(self, album_id: int) -> list[Upload]:
+        """The uploads in an album, in album order."""
+
+        async def work(db: aiosqlite.Connection) -> list[Upload]:
+            rows = await _fetchall(
+                db,
+                _SELECT_UPLOAD
+                + "JOIN album_uploads AS a ON a.upload_id = u.id "
+                + "WHERE a.album_id = ? ORDER BY a.position",
+                (album_id,),
+            )
+            return [_upload_from(row) for row in rows]
+
+        return await self._read("list album uploads", work)
+
+    async def mark_album_deleted(self, album_id: int) -> None:
+        """Record that the album was deleted from Imgur (again: no change).
+
+        Raises:
+            RecordNotFound: no album with that id.
+        """
+
+        async def work(db: aiosqlite.Connection) -> None:
+            row = await _fetchone(db, "SELECT deleted_at FROM albums WHERE id = ?", (album_id,))
+            if row is None:
+                raise RecordNotFound("That album is not in the ledger.")
+            if row["deleted_at"] is None:
+                await _change(
+                    db, "UPDATE albums SET deleted_at = ? WHERE id = ?", (self._clock(), album_id)
+                )
+
+        await self._write("mark album deleted", work)
+        log.info("ledger: album %d marked deleted", album_id)
+
+    # --- guild settings ---------------------------------------------------------------------
+
+    async def add_auto_channel(self, guild_id: int, channel_id: int, *, added_by: int) -> bool:
+        """Turn on auto-rehost in a channel; False if it was already on."""
+
+        async def work(db: aiosqlite.Connection) -> bool:
+            changed = await _change(
+                db,
+                """
+                INSERT INTO auto_channels (guild_id, channel_id, added_by, added_at)
+                VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING
+                """,
+                (guild_id, channel_id, added_by, self._clock()),
+            )
+            return changed == 1
+
+        added = await self._write("add auto channel", work)
+        if added:
+            log.info("ledger: auto-rehost on in channel %d of guild %d", channel_id, guild_id)
+        return added
+
+    async def remove_auto_channel(self, guild_id: int, channel_id: int) -> bool:
+        """Turn off auto-rehost in a channel; False if it was not on."""
+
+        async def work(db: aiosqlite.Connection) -> bool:
+            changed = await _change(
+                db,
+                "DELETE FROM auto_channels WHERE guild_id = ? AND channel_id = ?",
+                (guild_id, channel_id),
+            )
+            return changed == 1
+
+        removed = await self._write("remove auto channel", work)
+        if removed:
+            log.info("ledger: auto-rehost off in channel %d of guild %d", channel_id, guild_id)
+        return removed
+
+    async def auto_channels(self, guild_id: int) -> list[int]:
+        """The guild's auto-rehost channels, in the order they were added."""
+
+        async def work(db: aiosqlite.Connection) -> list[int]:
+            rows = await _fetchall(
+                db,
+                "SELECT channel_id FROM auto_channels WHERE guild_id = ? "
+                "ORDER BY added_at, channel_id",
+                (guild_id,),
+            )
+            return [int(row[0]) for row in rows]
+
+        return await self._read("list auto channels", work)
+
+    async def is_auto_channel(self, guild_id: int, channel_id: int) -> bool:
+        async def work(db: aiosqlite.Connection) -> bool:
+            row = await _fetchone(
+                db,
+                "SELECT 1 FROM auto_channels WHERE guild_id = ? AND channel_id = ?",
+                (guild_id, channel_id),
+            )
+            return row is not None
+
+        return await self._read("check auto channel", work)
+
+    async def guild_settings(self, guild_id: int) -> GuildSettings:
+        """The guild's settings, or the defaults if it never changed any."""
+
+        async def work(db: aiosqlite.Connection) -> GuildSettings:
+            return await self._settings_in(db, guild_id)
+
+        return await self._read("get guild settings", work)
+
+    async def update_guild_settings(
+        self,
+        guild_id: int,
+        *,
+        delete_with_source: bool | None = None,
+        allow_nsfw: bool | None = None,
+    ) -> GuildSettings:
+        """Change the settings given (None leaves one as it is); the settings after."""
+
+        async def work(db: aiosqlite.Connection) -> GuildSettings:
+            current = await self._settings_in(db, guild_id)
+            updated = GuildSettings(
+                guild_id=guild_id,
+                delete_with_source=(
+                    current.delete_with_source if delete_with_source is None else delete_with_source
+                ),
+                allow_nsfw=current.allow_nsfw if allow_nsfw is None else allow_nsfw,
+            )
+            await _change(
+                db,
+                """
+                INSERT INTO guild_settings (guild_id, delete_with_source, allow_nsfw, updated_at)
+                VALUES (?, ?, ?, ?)
+                ON CONFLICT (guild_id) DO UPDATE SET
+                    delete_with_source = excluded.delete_with_source,
+                    allow_nsfw = excluded.allow_nsfw,
+                    updated_at = excluded.updated_at
+                """,
+                (
+                    guild_id,
+                    int(updated.delete_with_source),
+                    int(updated.allow_nsfw),
+                    self._clock(),
+                ),
+            )
+            return updated
+
+        settings = await self._write("update guild settings", work)
+        log.info("ledger: guild %d settings now %s", guild_id, settings)
+        return settings
+
+    @staticmethod
+    async def _settings_in(db: aiosqlite.Connection, guild_id: int) -> GuildSettings:
+        row = await _fetchone(
+            db,
+            "SELECT delete_with_source, allow_nsfw FROM guild_settings WHERE guild_id = ?",
+            (guild_id,),
+        )
+        if row is None:
+            return GuildSettings(guild_id=guild_id)
+        return GuildSettings(
+            guild_id=guild_id,
+            delete_with_source=bool(row["delete_with_source"]),
+            allow_nsfw=bool(row["allow_nsfw"]),
+        )
