@@ -56,8 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return USAGE
 
+    # One-shot commands keep stderr to the one line that matters, unless asked to debug.
+    quiet = command not in {"run", "serve"} and settings.log_level != "DEBUG"
     setup_logging(
-        settings.log_level if command in {"run", "serve"} else "WARNING",
+        "ERROR" if quiet else settings.log_level,
         [settings.discord_token, settings.imgur_client_id, settings.imgur_access_token,
          settings.http_token],
     )  # fmt: skip

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 from aiohttp import web
+
+from bot.services import Services, open_services
+from bot.settings import Settings, load_settings
+from tests.imgur_standin import ImgurStandIn
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -56,3 +61,31 @@ async def web_files() -> AsyncIterator[WebFiles]:
     files.base = f"http://127.0.0.1:{port}"
     yield files
     await runner.cleanup()
+
+
+@pytest.fixture
+async def imgur() -> AsyncIterator[ImgurStandIn]:
+    """A local Imgur that expects the client id ``test-client-id``."""
+    async with ImgurStandIn() as standin:
+        yield standin
+
+
+@pytest.fixture
+def settings(imgur: ImgurStandIn, tmp_path: Path) -> Settings:
+    """Settings pointing at the Imgur stand-in, a ledger under ``tmp_path``, local URLs allowed."""
+    return load_settings(
+        {
+            "IMGUR_CLIENT_ID": imgur.client_id,
+            "IMGUR_API_URL": imgur.url,
+            "DATABASE_PATH": str(tmp_path / "ledger.sqlite3"),
+            "ALLOW_PRIVATE_URLS": "true",
+        },
+        env_file=None,
+    )
+
+
+@pytest.fixture
+async def services(settings: Settings) -> AsyncIterator[Services]:
+    """The real services (Imgur client, ledger, pipeline) wired as in production."""
+    async with open_services(settings) as opened:
+        yield opened

@@ -1,0 +1,168 @@
+"""The command line, run as a real process against the Imgur stand-in."""
+
+import asyncio
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import samples
+from tests.imgur_standin import ImgurStandIn
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Run:
+    code: int
+    out: str
+    err: str
+
+
+@pytest.fixture
+def cli_env(imgur: ImgurStandIn, tmp_path: Path) -> dict[str, str]:
+    return {
+        "PATH": os.environ.get("PATH", ""),
+        "PYTHONPATH": str(ROOT),
+        "IMGUR_CLIENT_ID": imgur.client_id,
+        "IMGUR_API_URL": imgur.url,
+        "DATABASE_PATH": str(tmp_path / "ledger.sqlite3"),
+    }
+
+
+async def run(env: dict[str, str], *args: str, cwd: Path) -> Run:
+    # cwd is a scratch folder, so a developer's own .env never leaks into the test.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", *args,
+        cwd=cwd, env=env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return Run(process.returncode, out.decode(), err.decode())
+
+
+def png_file(folder: Path, name: str = "photo.png", seed: int = 0) -> Path:
+    path = folder / name
+    path.write_bytes(samples.png(seed=seed))
+    return path
+
+
+async def test_upload_prints_one_link_per_file_and_records_it(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    first, second = png_file(tmp_path, "a.png", 1), png_file(tmp_path, "b.png", 2)
+
+    result = await run(cli_env, "upload", str(first), str(second), "--title", "Hi", cwd=tmp_path)
+
+    assert result.code == 0, result.err
+    links = result.out.split()
+    assert len(links) == 2
+    assert all(link.startswith("https://i.imgur.com/") for link in links)
+    assert [image.title for image in imgur.images.values()] == ["Hi", "Hi"]
+    history = await run(cli_env, "history", cwd=tmp_path)
+    assert all(link in history.out for link in links)
+
+
+async def test_the_same_file_twice_calls_imgur_once_and_delete_removes_it(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    path = png_file(tmp_path)
+
+    first = await run(cli_env, "upload", str(path), cwd=tmp_path)
+    second = await run(cli_env, "upload", str(path), cwd=tmp_path)
+    assert first.out == second.out
+    assert imgur.upload_calls == 1
+
+    deleted = await run(cli_env, "delete", first.out.strip(), cwd=tmp_path)
+    assert deleted.code == 0, deleted.err
+    assert [image.deleted for image in imgur.images.values()] == [True]
+    again = await run(cli_env, "delete", first.out.strip(), cwd=tmp_path)
+    assert again.code == 1
+    assert again.err.startswith("error: No live upload")
+
+
+async def test_a_file_that_is_not_media_fails_with_one_line(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    fake = tmp_path / "invoice.png"
+    fake.write_bytes(b"PK\x03\x04" + bytes(100))
+
+    result = await run(cli_env, "upload", str(fake), cwd=tmp_path)
+
+    assert result.code == 1
+    assert result.err.count("\n") == 1
+    assert "not an image or video" in result.err
+    assert "Traceback" not in result.err
+    assert imgur.upload_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("fault", "shape", "message"),
+    [
+        ("reject", "errors", "Imgur refused"),
+        ("invalid_client", "errors", "IMGUR_CLIENT_ID"),
+        ("rate_limited", "errors", "quota"),
+        ("rate_limited", "nested", "quota"),
+        ("rate_limited", "html", "quota"),
+        ("html", "errors", "Imgur is unavailable"),
+        ("empty", "errors", "Imgur is unavailable"),
+        ("invalid_json", "errors", "Imgur is unavailable"),
+        ("drop", "errors", "Imgur is unavailable"),
+        ("over_capacity_403", "errors", "Imgur is unavailable"),
+    ],
+)
+async def test_every_imgur_error_shape_ends_in_one_clear_line(
+    cli_env: dict[str, str],
+    imgur: ImgurStandIn,
+    tmp_path: Path,
+    fault: str,
+    shape: str,
+    message: str,
+) -> None:
+    imgur.rate_limit_shape = shape  # type: ignore[assignment]
+    imgur.fail_next(fault, times=3)  # type: ignore[arg-type]
+
+    result = await run(cli_env, "upload", str(png_file(tmp_path)), cwd=tmp_path)
+
+    assert result.code == 1
+    assert message in result.err
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert imgur.client_id not in result.err + result.out
+
+
+async def test_check_shows_the_quota(cli_env: dict[str, str], tmp_path: Path) -> None:
+    result = await run(cli_env, "check", cwd=tmp_path)
+
+    assert result.code == 0, result.err
+    assert "client id accepted" in result.out
+    assert "12" in result.out
+
+
+async def test_a_wrong_client_id_fails_the_check(cli_env: dict[str, str], tmp_path: Path) -> None:
+    result = await run({**cli_env, "IMGUR_CLIENT_ID": "wrong"}, "check", cwd=tmp_path)
+
+    assert result.code == 1
+    assert "IMGUR_CLIENT_ID" in result.err
+    assert "wrong" not in result.err
+
+
+async def test_missing_settings_exit_2_naming_them(tmp_path: Path) -> None:
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+
+    no_client = await run(env, "upload", "x.png", cwd=tmp_path)
+    no_token = await run({**env, "IMGUR_CLIENT_ID": "abc"}, cwd=tmp_path)
+
+    assert (no_client.code, no_token.code) == (2, 2)
+    assert no_client.err.startswith("error: IMGUR_CLIENT_ID is not set")
+    assert no_token.err.startswith("error: DISCORD_TOKEN is not set")
+    assert len(no_token.err.strip().splitlines()) == 1
+
+
+async def test_bad_usage_exits_2(cli_env: dict[str, str], tmp_path: Path) -> None:
+    result = await run(cli_env, "upload", cwd=tmp_path)
+
+    assert result.code == 2
+    assert "usage:" in result.err

@@ -1,0 +1,197 @@
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from bot.imgur import ImgurRejected, ImgurUnavailable
+from bot.ledger import LedgerError, Origin
+from bot.services import Services
+from bot.sources import StreamSource
+from tests import samples
+from tests.conftest import WebFiles
+from tests.imgur_standin import ImgurStandIn
+
+CLI = Origin(door="cli")
+
+
+async def chunks(data: bytes) -> AsyncIterator[bytes]:
+    for i in range(0, len(data), 64 * 1024):
+        yield data[i : i + 64 * 1024]
+
+
+def source(data: bytes, name: str = "photo.png") -> StreamSource:
+    return StreamSource(chunks(data), name)
+
+
+async def test_rehost_uploads_and_records_the_deletehash(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=1)
+
+    rehost = await services.pipeline.rehost(source(data), Origin(door="cli", title="cat"))
+
+    image = imgur.images[rehost.upload.imgur_id]  # type: ignore[index]
+    assert rehost.reused is False
+    assert rehost.upload.state == "done"
+    assert rehost.upload.deletehash == image.deletehash
+    assert rehost.upload.link == f"https://i.imgur.com/{image.id}.png"
+    assert rehost.upload.sha256 == hashlib.sha256(data).hexdigest() == image.sha256
+    assert image.title == "cat"
+    assert image.encoding == "multipart"
+    assert image.file_field == "image"
+
+
+async def test_the_same_bytes_twice_call_imgur_once(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=2)
+
+    first = await services.pipeline.rehost(source(data, "a.png"), CLI)
+    second = await services.pipeline.rehost(source(data, "b.png"), Origin(door="http"))
+
+    assert imgur.upload_calls == 1
+    assert second.reused is True
+    assert second.upload.id == first.upload.id
+    assert second.origin.door == "http"
+
+
+async def test_identical_concurrent_posts_call_imgur_once(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=3)
+
+    results = await asyncio.gather(*(services.pipeline.rehost(source(data), CLI) for _ in range(5)))
+
+    assert imgur.upload_calls == 1
+    assert sum(not r.reused for r in results) == 1
+    assert len({r.upload.imgur_id for r in results}) == 1
+
+
+async def test_video_goes_through_the_video_field(services: Services, imgur: ImgurStandIn) -> None:
+    rehost = await services.pipeline.rehost(source(samples.mp4(50_000), "clip.mov"), CLI)
+
+    image = imgur.images[rehost.upload.imgur_id]  # type: ignore[index]
+    assert image.file_field == "video"
+    assert rehost.upload.kind == "video"
+    assert image.filename == "clip.mp4"
+
+
+async def test_a_url_is_fetched_and_rehosted(
+    services: Services, imgur: ImgurStandIn, web_files: WebFiles
+) -> None:
+    data = samples.gif(animated=True)
+    url = web_files.serve_bytes("/party.gif", data, "image/gif")
+
+    rehost = await services.pipeline.rehost(services.pipeline.url_source(url), CLI)
+
+    assert rehost.upload.kind == "animated"
+    assert imgur.images[rehost.upload.imgur_id].size == len(data)  # type: ignore[index]
+
+
+async def test_a_refused_upload_leaves_no_live_record(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=4)
+    imgur.fail_next("reject")
+
+    with pytest.raises(ImgurRejected):
+        await services.pipeline.rehost(source(data), CLI)
+
+    assert await services.ledger.find_live_upload(hashlib.sha256(data).hexdigest()) is None
+    assert await services.ledger.pending_uploads() == []
+    assert imgur.images == {}
+
+
+async def test_transient_failures_are_retried_then_reported(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    services.imgur._sleep = _no_sleep  # type: ignore[attr-defined]
+    imgur.fail_next("over_capacity_500", times=10)
+
+    with pytest.raises(ImgurUnavailable):
+        await services.pipeline.rehost(source(samples.png(seed=5)), CLI)
+
+    assert imgur.upload_calls == 3
+
+
+async def _no_sleep(seconds: float) -> None:
+    return None
+
+
+async def test_a_failed_record_takes_the_image_down_again(
+    services: Services, imgur: ImgurStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise LedgerError("The upload record could not be saved; nothing was published.")
+
+    monkeypatch.setattr(services.ledger, "complete_upload", broken)
+
+    with pytest.raises(LedgerError):
+        await services.pipeline.rehost(source(samples.png(seed=6)), CLI)
+
+    assert imgur.upload_calls == 1
+    assert [image.deleted for image in imgur.images.values()] == [True]
+
+
+async def test_delete_removes_the_image_and_a_new_post_uploads_again(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=7)
+    rehost = await services.pipeline.rehost(source(data), CLI)
+
+    await services.pipeline.delete_upload(rehost.upload, by=42, reason="test")
+
+    assert imgur.images[rehost.upload.imgur_id].deleted  # type: ignore[index]
+    stored = await services.ledger.get_upload(rehost.upload.imgur_id)  # type: ignore[arg-type]
+    assert stored is not None
+    assert (stored.state, stored.deleted_by) == ("deleted", 42)
+    again = await services.pipeline.rehost(source(data), CLI)
+    assert again.reused is False
+    assert imgur.upload_calls == 2
+
+
+async def test_release_keeps_an_upload_another_rehost_still_uses(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=8)
+    first = await services.pipeline.rehost(source(data), Origin(door="discord", message_id=1))
+    second = await services.pipeline.rehost(source(data), Origin(door="discord", message_id=2))
+
+    kept = await services.pipeline.release([first], by=None, reason="source deleted")
+    assert kept == []
+    assert not imgur.images[first.upload.imgur_id].deleted  # type: ignore[index]
+
+    gone = await services.pipeline.release([second], by=None, reason="source deleted")
+    assert [u.id for u in gone] == [first.upload.id]
+    assert imgur.images[first.upload.imgur_id].deleted  # type: ignore[index]
+
+
+async def test_albums_are_created_recorded_and_deleted(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    origin = Origin(door="discord", guild_id=1, message_id=99)
+    rehosts = [
+        await services.pipeline.rehost(source(samples.png(seed=s)), origin) for s in (10, 11)
+    ]
+
+    album = await services.pipeline.create_album(rehosts, origin, title="two")
+
+    assert album.message_id == 99
+    assert imgur.albums[album.imgur_id].title == "two"
+    await services.pipeline.delete_album(album)
+    assert imgur.albums[album.imgur_id].deleted
+
+
+async def test_reconcile_closes_uploads_a_crash_left_pending(
+    services: Services, tmp_path: Path
+) -> None:
+    await services.ledger.begin_upload(
+        sha256="ab" * 32, size=10, mime="image/png", kind="image", origin=CLI
+    )
+
+    interrupted = await services.pipeline.reconcile()
+
+    assert [origin.door for _, origin in interrupted] == ["cli"]
+    assert await services.ledger.pending_uploads() == []
