@@ -307,6 +307,20 @@ _INSERT_REHOST = """
 # `IN (SELECT value FROM json_each(?))`, so the SQL text never grows with the number of ids.
 
 
+class _HideStatements(logging.Filter):
+    """Drop aiosqlite's DEBUG records: they carry every statement's parameters, deletehashes
+    included ("executing functools.partial(..., ('abc', 'https://...', '<deletehash>'))")."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+def _guard_statement_log() -> None:
+    statement_log = logging.getLogger("aiosqlite")
+    if not any(isinstance(f, _HideStatements) for f in statement_log.filters):
+        statement_log.addFilter(_HideStatements())
+
+
 def _upload_from(row: sqlite3.Row) -> Upload:
     return Upload(
         id=row["u_id"],
@@ -487,6 +501,7 @@ class Ledger:
                 written by a newer version of the bot.
         """
         path = Path(path)
+        _guard_statement_log()
         try:
             await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
         except OSError as exc:
