@@ -17,6 +17,29 @@ subprocess), the benchmark and the demo talk to over real HTTP. It emulates:
   tests can move forward, and a 429 once credits run out;
 - injected faults (``fail_next``) for the transient failures Imgur is known for.
 
+Faults for ``fail_next``, each as Imgur has been seen to fail:
+
+=====================  =================================================================
+``over_capacity_403``  403, ``data.error`` "Imgur is temporarily over capacity. ..."
+``over_capacity_500``  500, the same text
+``server_error``       500, "File was not uploaded correctly"
+``html``               500 with an HTML page (text/html)
+``empty``              502 (or a chosen status, e.g. 200) with an empty body
+``invalid_json``       200 (or a chosen status), application/json cut off mid-way
+``slow``               handled normally, answered after ``delay`` seconds
+``drop``               the connection is cut mid-request, no answer at all
+``rate_limited``       429 in the configured (or a chosen) shape
+``invalid_client``     403 "Invalid client_id"
+``reject``             400 with a string error (a chosen message)
+=====================  =================================================================
+
+Where IMGUR_API.md leaves a point open, the stand-in makes a choice and says so here:
+an upload costs 10 credits and any other call 1 (``GET /3/credits`` is free); the POST limit
+counts POST requests; a call that a window cannot pay for gets a 429 and costs nothing;
+injected faults and refused credentials cost nothing; an unknown deletehash gets an HTML 404;
+a video sent in the ``image`` field is refused as ``File type invalid`` (the documented field
+is ``video``); a GIF is animated when it carries a looping extension in its first 64 KiB.
+
 Everything it was sent is recorded (``requests``, ``images``, ``albums``) so tests can assert
 on what the client did. It imports nothing from the bot: it is an independent specification.
 
@@ -763,7 +786,10 @@ class ImgurStandIn:
         self, request: web.Request, text: str, field_name: str
     ) -> _Intake | web.Response:
         """Download a URL upload as Imgur does, streaming; only loopback URLs are fetched."""
-        url = URL(text)
+        try:
+            url = URL(text)
+        except ValueError:
+            return self._error(request, 400, f"Invalid URL ({text})")
         if url.scheme not in ("http", "https") or not _is_loopback(url):
             # Tests run without a network: the stand-in refuses to reach beyond loopback.
             return self._error(request, 400, f"Invalid URL ({text})")
