@@ -756,8 +756,13 @@ def _multipart(
 
     mime = body.mime if _MIME.fullmatch(body.mime) else "application/octet-stream"
     part = _FilePart(reader, size=body.size, content_type=mime, on_progress=request.on_progress)
+    # Raw UTF-8 in the quoted filename, as browsers send it (RFC 7578); aiohttp's default
+    # would percent-encode it, and Imgur would keep the escapes as the name.
     part.set_content_disposition(
-        "form-data", name=request.file_field or "image", filename=_safe_filename(body.filename)
+        "form-data",
+        quote_fields=False,
+        name=request.file_field or "image",
+        filename=_safe_filename(body.filename),
     )
     form.append_payload(part)
     return form, part

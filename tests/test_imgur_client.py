@@ -237,6 +237,24 @@ async def test_upload_sends_the_file_as_a_streamed_multipart_image_part(
     assert body.readers[0].closed
 
 
+async def test_an_awkward_filename_or_mime_type_cannot_break_the_part_headers(
+    client: ImgurClient, standin: ImgurStandIn, tmp_path: Path
+) -> None:
+    path = tmp_path / "upload.bin"
+    path.write_bytes(samples.png())
+    body = FileBody(path, 'ко"т\r\nик; name=evil.png', "image/png\r\nX-Evil: 1")
+
+    await client.upload(body)
+
+    [request] = standin.uploads()
+    assert request.filename == "котик; name=evil.png"
+    assert request.fields["name"] == "котик; name=evil.png"
+    assert request.file_field == "image"
+    # The broken MIME type went out as application/octet-stream: aiohttp refuses a CR/LF in
+    # a part header, so passing it on would have failed the upload.
+    assert request.bytes_received == body.size
+
+
 async def test_large_video_is_streamed_in_chunks_never_read_whole(
     client: ImgurClient, standin: ImgurStandIn, write_body: Callable[..., FileBody]
 ) -> None:
