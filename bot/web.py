@@ -338,7 +338,7 @@ async def _upload_form(request: web.Request, services: Services) -> Rehost:
     ceiling = services.pipeline.limits.ceiling
     if request.content_length is not None and request.content_length > ceiling + FORM_OVERHEAD:
         # Refused before a byte is read; the pipeline enforces the limit of the actual kind.
-        raise MediaTooLarge(f"Files may be at most {ceiling / 1024 / 1024:.0f} MB.")
+        raise MediaTooLarge(f"Files may be at most {ceiling / 1024 / 1024:.3g} MB.")
 
     try:
         reader = await request.multipart()
