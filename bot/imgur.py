@@ -577,7 +577,9 @@ class ImgurClient:
         if over_capacity:
             return _Transient(f"HTTP {status}, over capacity")
         if status in (401, 403):
-            log.warning("Imgur %s %s -> HTTP %d: not authorised", *_where(request), status)
+            log.warning(
+                "Imgur %s %s -> HTTP %d: not authorised", request.method, request.route, status
+            )
             return ImgurAuthError(self._auth_message())
         if status in (404, 410):
             return ImgurNotFound(_not_found_message(request))
@@ -586,10 +588,10 @@ class ImgurClient:
         if status == 413 and not reason:
             return ImgurRejected("File is over the size limit", subject=request.subject)
         if 400 <= status < 500:
-            log.debug("Imgur %s %s -> HTTP %d: refused", *_where(request), status)
+            log.debug("Imgur %s %s -> HTTP %d: refused", request.method, request.route, status)
             return ImgurRejected(reason, subject=request.subject)
 
-        log.warning("Imgur %s %s -> unexpected HTTP %d", *_where(request), status)
+        log.warning("Imgur %s %s -> unexpected HTTP %d", request.method, request.route, status)
         return ImgurUnavailable(f"Imgur gave an unexpected answer (HTTP {status}).")
 
     def _auth_message(self) -> str:
@@ -907,10 +909,6 @@ def _header_number(headers: Mapping[str, str], name: str, pattern: re.Pattern[st
 
 def _short(remaining: int | None, cost: int) -> bool:
     return remaining is not None and remaining < cost
-
-
-def _where(request: _Request) -> tuple[str, str]:
-    return request.method, request.route
 
 
 def _utc(epoch: float) -> str:
