@@ -172,6 +172,8 @@ async def start_web(services: Services) -> web.AppRunner | None:
             f"({exc.strerror or exc}); check HTTP_HOST and HTTP_PORT."
         ) from exc
 
+    if len(settings.http_token or "") < 16:
+        log.warning("HTTP_TOKEN is short; a long random value keeps the endpoint safe")
     for host, port, *_ in runner.addresses:
         log.info("HTTP upload endpoint listening on %s port %d", host, port)
     return runner
@@ -384,7 +386,11 @@ async def _read_title(part: BodyPartReader) -> str | None:
         text = raw.decode(part.get_charset("utf-8"))
     except (ValueError, LookupError) as exc:
         raise BadRequest("The title is not readable text.") from exc
+    return _clean_title(text)
 
+
+def _clean_title(text: str) -> str | None:
+    """The title on one line, without control characters; None when blank."""
     title = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     if len(title) > TITLE_LIMIT:
         raise BadRequest(f"The title may be at most {TITLE_LIMIT} characters.")
@@ -426,11 +432,9 @@ async def _upload_url(request: web.Request, services: Services) -> Rehost:
     title = body.get("title")
     if title is not None and not isinstance(title, str):
         raise BadRequest("The title must be text.")
-    if title is not None and len(title) > TITLE_LIMIT:
-        raise BadRequest(f"The title may be at most {TITLE_LIMIT} characters.")
 
     source = services.pipeline.url_source(url.strip())
-    origin = Origin(door=DOOR, title=title or None, filename=source.filename)
+    origin = Origin(door=DOOR, title=_clean_title(title or ""), filename=source.filename)
     return await services.pipeline.rehost(source, origin)
 
 

@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -336,6 +337,73 @@ async def test_a_url_to_a_private_address_is_refused_without_fetching_it(
     assert "private or local address" in answer.body["error"]
     assert web_files.hits == []
     assert imgur.upload_calls == 0
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("file:///etc/passwd", "Only http and https"),
+        ("ftp://127.0.0.1/a.png", "Only http and https"),
+        ("http://user:pw@127.0.0.1/a.png", "user name or password"),
+    ],
+)
+async def test_a_url_that_is_not_plain_http_is_refused(
+    endpoint: Endpoint, imgur: ImgurStandIn, url: str, expected: str
+) -> None:
+    answer = await endpoint.call("POST", "/api/upload", json={"url": url})
+
+    assert answer.status == 400
+    assert expected in answer.body["error"]
+    assert imgur.requests == []
+
+
+async def test_titles_are_kept_on_one_line_and_bounded(
+    endpoint: Endpoint, imgur: ImgurStandIn
+) -> None:
+    kept = await endpoint.upload(samples.png(seed=50), title="  Two\nlines\x00 here ")
+    too_long = await endpoint.upload(samples.png(seed=51), title="x" * 257)
+
+    assert kept.status == 200
+    assert imgur.images[kept.body["id"]].title == "Two lines here"
+    assert too_long.status == 400
+    assert "256 characters" in too_long.body["error"]
+
+
+async def test_a_client_that_hangs_up_mid_file_leaves_nothing_behind(
+    endpoint: Endpoint,
+    imgur: ImgurStandIn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(spool))
+    caplog.set_level(logging.INFO, logger="bot.web")
+    head = b'--cut\r\nContent-Disposition: form-data; name="file"; filename="clip.mp4"\r\n\r\n'
+    sent = head + samples.mp4(3 * MB)[: 2 * MB]
+    port = int(endpoint.base.rsplit(":", 1)[1])
+
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\n".encode()
+        + b"Content-Type: multipart/form-data; boundary=cut\r\n"
+        + f"Content-Length: {len(head) + 3 * MB + 9}\r\n\r\n".encode()
+        + sent
+    )
+    await writer.drain()
+    await eventually(lambda: any(spool.iterdir()), "the upload to be spooled to disk")
+    writer.close()
+    await writer.wait_closed()
+    await eventually(
+        lambda: any("refused with 400" in r.getMessage() for r in caplog.records),
+        "the endpoint to notice",
+    )
+
+    assert list(spool.iterdir()) == []
+    assert imgur.requests == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
 @pytest.mark.parametrize(
