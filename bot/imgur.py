@@ -518,12 +518,14 @@ class ImgurClient:
                 raw = await _read_capped(response)
         except TimeoutError as exc:
             self._log_transport_failure(request, exc, started)
+            _refuse_blind_retry(part)
             raise _Transient("timed out", None if hide_cause else exc) from None
         except aiohttp.ClientError as exc:
             if part is not None and part.failure is not None:
                 # The file, or the progress callback, failed: not Imgur's fault.
                 raise part.failure from exc
             self._log_transport_failure(request, exc, started)
+            _refuse_blind_retry(part)
             raise _Transient("the connection failed", None if hide_cause else exc) from None
         finally:
             if reader is not None:
@@ -710,6 +712,12 @@ class _FilePart(Payload):
         self._length = size
         self._on_progress = on_progress
         self.failure: BaseException | None = None
+        self.sent = 0
+
+    @property
+    def complete(self) -> bool:
+        """Whether every byte of the file went out."""
+        return self.sent >= self._length
 
     def decode(self, encoding: str = "utf-8", errors: str = "strict") -> str:
         raise TypeError("a streamed file part cannot be decoded")
@@ -739,6 +747,7 @@ class _FilePart(Payload):
 
             await writer.write(chunk)
             sent += len(chunk)
+            self.sent = sent
 
             if self._on_progress is not None:
                 try:
@@ -746,6 +755,17 @@ class _FilePart(Payload):
                 except Exception as exc:
                     self.failure = exc
                     raise
+
+
+def _refuse_blind_retry(part: _FilePart | None) -> None:
+    """Stop an upload that was sent whole but never answered from being sent again.
+
+    Imgur may have stored it; only its answer carries the deletehash, so a second attempt
+    could leave a public copy nobody can take down. Failing is the safer choice.
+    """
+    if part is not None and part.complete:
+        log.warning("Imgur received a whole upload but did not answer; not sending it again")
+        raise ImgurUnavailable("Imgur did not confirm the upload; try again in a minute.")
 
 
 def _multipart(
