@@ -127,6 +127,9 @@ class Gateway:
         self.connections: list[GatewayConnection] = []
         self.sessions: dict[str, GatewaySession] = {}
         self.current: GatewaySession | None = None
+        # Cleared by DiscordStandIn.hold_gateway(): new connections wait before HELLO.
+        self.accepting = asyncio.Event()
+        self.accepting.set()
 
     # -- websocket handler --------------------------------------------------------------------
 
@@ -146,7 +149,12 @@ class Gateway:
             )
             async for message in ws:
                 if message.type is WSMsgType.TEXT:
-                    await self._on_frame(conn, message.data)
+                    try:
+                        await self._on_frame(conn, message.data)
+                    except Exception as exc:
+                        log.exception("stand-in error on gateway connection %s", conn.number)
+                        self._standin.internal_errors.append(exc)
+                        await self.close(conn, 1011, "Stand-in internal error.")
                 elif message.type is WSMsgType.BINARY:
                     await self.close(conn, DECODE_ERROR)
                 if conn.close_code is not None:
@@ -219,7 +227,7 @@ class Gateway:
             secrets.token_hex(16),
             intents,
             redact(data),
-            tuple(shard) if shard else None,  # type: ignore[arg-type]
+            (shard[0], shard[1]) if shard else None,
         )
         self.sessions[session.id] = session
         self.current = session

@@ -297,6 +297,7 @@ class OptionBuilder:
         raise StandInUsageError(f"option {name!r} has unsupported type {kind}")
 
     def _resolve_user(self, name: str, value: Any) -> str:
+        member: Member | None
         if isinstance(value, Member):
             user, member = value.user, value
         elif isinstance(value, User):
@@ -323,7 +324,7 @@ class OptionBuilder:
 
         payload = value.to_payload()
         permissions = self._invoker.permissions_in(value) if self._invoker is not None else 0
-        resolved = {
+        resolved: Payload = {
             key: payload[key]
             for key in ("id", "type", "name", "parent_id", "thread_metadata", "guild_id")
             if key in payload

@@ -44,9 +44,9 @@ INTERACTION_TOKEN_LIFETIME = 15 * 60
 
 @dataclass(eq=False)
 class RecordedFile:
-    """A file part of a multipart request."""
+    """A file part of a multipart request (``form_name`` is e.g. ``files[0]``)."""
 
-    field: str
+    form_name: str
     filename: str
     content_type: str | None
     data: bytes = field(repr=False)
@@ -283,8 +283,11 @@ async def handle_api(standin: DiscordStandIn, request: web.Request) -> web.Respo
                     exc.status, exc.code, exc.message, request.method, record.route or path
                 )
             )
-        if exc.status >= 500 or exc.status == 429:
-            log.debug("injected %s for %s", exc.status, record.route)
+    except Exception as exc:
+        # A stand-in bug, not Discord behaviour: 503 makes discord.py fail at once, no retries.
+        log.exception("stand-in error handling %s %s", request.method, record.route)
+        standin.internal_errors.append(exc)
+        status, body = 503, {"message": f"stand-in internal error: {exc!r}", "code": 0}
 
     record.status = status
     record.response = body
@@ -410,7 +413,7 @@ def store_uploads(
 
     stored: list[StoredAttachment] = []
     for position, upload in enumerate(body.files):
-        found = re.fullmatch(r"files\[(\d+)\]", upload.field)
+        found = re.fullmatch(r"files\[(\d+)\]", upload.form_name)
         index = int(found.group(1)) if found else position
         info = meta.get(index, {})
         if upload.size > limit:
@@ -940,6 +943,7 @@ _ALLOWED_CALLBACKS = {
     ix.AUTOCOMPLETE: {8},
     ix.MODAL_SUBMIT: {4, 5, 6, 7},
 }
+_NEEDS_MESSAGE = {ix.DEFERRED_UPDATE_MESSAGE, ix.UPDATE_MESSAGE}
 
 
 def _truthy(value: str | None) -> bool:
@@ -959,7 +963,10 @@ async def interaction_callback(standin: DiscordStandIn, req: RecordedRequest) ->
     body = req.json if isinstance(req.json, dict) else {}
     kind = body.get("type")
     data = body.get("data") or {}
-    if kind not in _ALLOWED_CALLBACKS[handle.type]:
+    allowed = kind in _ALLOWED_CALLBACKS[handle.type]
+    if kind in _NEEDS_MESSAGE and handle.target_message is None:
+        allowed = False
+    if not allowed:
         error = form_error(
             ["type"], "INTERACTION_RESPONSE_TYPE_INVALID", "Invalid interaction response type"
         )

@@ -144,6 +144,8 @@ class DiscordStandIn:
         self.requests: list[rest.RecordedRequest] = []
         self._injections: list[rest.Injection] = []
         self.identify_payload: Payload | None = None
+        #: Exceptions raised by the stand-in itself (bugs), answered with 503 / close 1011.
+        self.internal_errors: list[BaseException] = []
 
         self.cdn = Cdn(self, link_ttl=cdn_link_ttl)
         self.gateway = gw.Gateway(self, heartbeat_interval=heartbeat_interval)
@@ -156,9 +158,9 @@ class DiscordStandIn:
         for path in ("/gateway", "/gateway/", "/gateway/resume"):
             app.router.add_get(path, self.gateway.handle)
         app.router.add_get(r"/{path:(?:media/)?(?:ephemeral-)?attachments/.+}", self.cdn.handle)
-        runner = web.AppRunner(app, handle_signals=False, access_log=None)
+        runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await runner.setup()
-        site = web.TCPSite(runner, self._host, self._port, shutdown_timeout=1.0)
+        site = web.TCPSite(runner, self._host, self._port)
         await site.start()
         self._runner = runner
         self._port = runner.addresses[0][1]
@@ -166,6 +168,7 @@ class DiscordStandIn:
         return self
 
     async def stop(self) -> None:
+        self.gateway.accepting.set()
         await self.gateway.close_all()
         if self._runner is not None:
             await self._runner.cleanup()
@@ -213,7 +216,7 @@ class DiscordStandIn:
                 waiter.set_result(None)
 
     async def wait_until(
-        self, predicate: Callable[[], T], timeout: float = 10.0, what: str = "a condition"
+        self, predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "a condition"
     ) -> T:
         """Wait until ``predicate()`` is truthy (re-checked whenever the stand-in changes)."""
         loop = asyncio.get_running_loop()
@@ -427,6 +430,13 @@ class DiscordStandIn:
         if not resumable and conn.session is not None:
             conn.session.invalidated = True
         await self.gateway.close(conn, code, "Stand-in disconnect.")
+
+    def hold_gateway(self) -> None:
+        """Simulate a gateway outage: new connections get no HELLO until ``release_gateway``."""
+        self.gateway.accepting.clear()
+
+    def release_gateway(self) -> None:
+        self.gateway.accepting.set()
 
     async def send_reconnect(self) -> None:
         """Send opcode 7 RECONNECT: the bot should close and resume."""
@@ -1205,6 +1215,7 @@ class DiscordStandIn:
             member=handle.member,
             channel=handle.channel,
             locale=None,
+            message=handle.target_message,
         )
 
     # -- faults and inspection ----------------------------------------------------------------
@@ -1223,9 +1234,8 @@ class DiscordStandIn:
         ``route`` is ``"METHOD /template"`` as listed in ``rest.ROUTES`` (for example
         ``"POST /channels/{channel_id}/messages"``) or a concrete ``"METHOD /path"``.
         """
-        text = message or {500: "500: Internal Server Error", 502: "502: Bad Gateway"}.get(
-            status, f"{status}: Error"
-        )
+        known = {500: "500: Internal Server Error", 502: "502: Bad Gateway"}
+        text = message or known.get(status, f"{status}: Error")
         self._injections.append(rest.Injection(route, count, rest.ApiError(status, code, text)))
 
     def inject_rate_limit(
@@ -1252,12 +1262,9 @@ class DiscordStandIn:
         }
         if is_global:
             headers["X-RateLimit-Global"] = "true"
-        body = {
-            "message": "You are being rate limited.",
-            "retry_after": retry_after,
-            "global": is_global,
-        }
-        error = rest.ApiError(429, 0, body["message"], headers=headers, body=body)
+        text = "You are being rate limited."
+        body = {"message": text, "retry_after": retry_after, "global": is_global}
+        error = rest.ApiError(429, 0, text, headers=headers, body=body)
         self._injections.append(rest.Injection(route, count, error))
 
     def _apply_injections(self, record: rest.RecordedRequest) -> None:

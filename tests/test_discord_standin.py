@@ -1,0 +1,629 @@
+"""The Discord stand-in, checked against a real discord.py 2.7 client in the test process."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import struct
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import discord
+import pytest
+import yarl
+from discord import app_commands
+from discord.ext import commands
+from discord.gateway import DiscordWebSocket
+
+from tests.discord_standin import (
+    BOT_DEFAULT,
+    MODERATOR,
+    Attachment,
+    Channel,
+    DiscordStandIn,
+    Guild,
+    Member,
+    Permission,
+)
+
+TOKEN = "bot-token"  # a stand-in token, not a secret
+STEP = 10.0  # generous bound for one step on a slow, shared machine
+
+
+def png_bytes(width: int, height: int) -> bytes:
+    """A tiny valid PNG of the given size (one grey row repeated)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    rows = b"".join(b"\x00" + b"\x80" * width for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@dataclass
+class World:
+    guild: Guild
+    media: Channel
+    forum: Channel
+    post: Channel
+    alice: Member
+    mod: Member
+
+
+@contextlib.contextmanager
+def pointed_at(standin: DiscordStandIn) -> Iterator[None]:
+    """Point discord.py at the stand-in; both are class attributes, restored afterwards."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(discord.http.Route, "BASE", standin.api_url)
+        patch.setattr(DiscordWebSocket, "DEFAULT_GATEWAY", yarl.URL(standin.gateway_url))
+        yield
+
+
+@pytest.fixture
+async def standin() -> AsyncIterator[DiscordStandIn]:
+    async with DiscordStandIn(token=TOKEN) as running:
+        with pointed_at(running):
+            yield running
+        assert running.internal_errors == []
+
+
+@pytest.fixture
+def world(standin: DiscordStandIn) -> World:
+    guild = standin.add_guild("Rehost Lab")
+    media = guild.add_text_channel("media")
+    forum = guild.add_forum_channel("showcase")
+    post = guild.add_thread(forum, "first post")
+    alice = guild.add_member("alice")
+    mod = guild.add_member("mod", permissions=MODERATOR)
+    return World(guild, media, forum, post, alice, mod)
+
+
+def make_bot(*, message_content: bool = True, members: bool = True) -> commands.Bot:
+    intents = discord.Intents.default()
+    intents.message_content = message_content
+    intents.members = members
+    return commands.Bot(
+        command_prefix="!", intents=intents, guild_ready_timeout=0.1, help_command=None
+    )
+
+
+@contextlib.asynccontextmanager
+async def connected(bot: discord.Client) -> AsyncIterator[asyncio.Task[None]]:
+    """Log in, connect, wait for on_ready; close the client afterwards."""
+    await bot.login(TOKEN)
+    task = asyncio.create_task(bot.connect())
+    try:
+        ready = asyncio.create_task(bot.wait_until_ready())
+        done, _ = await asyncio.wait([ready, task], timeout=STEP, return_when="FIRST_COMPLETED")
+        if ready not in done:
+            ready.cancel()
+            problem = task.exception() if task.done() else None
+            raise AssertionError(f"the client did not become ready: {problem!r}")
+        yield task
+    finally:
+        await bot.close()
+        await asyncio.wait_for(task, STEP)
+
+
+def expect(
+    bot: discord.Client, event: str, check: Callable[..., bool] | None = None
+) -> asyncio.Task[Any]:
+    """Start waiting for a discord.py event before triggering it."""
+    return asyncio.create_task(bot.wait_for(event, check=check, timeout=STEP))
+
+
+async def started(task: asyncio.Task[Any]) -> asyncio.Task[Any]:
+    await asyncio.sleep(0)
+    return task
+
+
+# -- REST basics ------------------------------------------------------------------------------
+
+
+async def test_login_with_wrong_token_fails_without_recording_it(standin: DiscordStandIn) -> None:
+    bot = make_bot()
+    try:
+        with pytest.raises(discord.LoginFailure):
+            await bot.login("not-the-token")
+    finally:
+        await bot.close()
+
+    login = standin.requests[0]
+    assert (login.method, login.path, login.status) == ("GET", "/users/@me", 401)
+    assert login.headers["Authorization"] == "Bot <redacted>"
+    assert all("not-the-token" not in str(vars(record)) for record in standin.requests)
+
+
+async def test_unknown_route_answers_discord_json_404(standin: DiscordStandIn) -> None:
+    headers = {"Authorization": f"Bot {TOKEN}"}
+    async with aiohttp.ClientSession() as session:
+        async with session.get(f"{standin.api_url}/nothing/here", headers=headers) as response:
+            assert response.status == 404
+            assert response.headers["Content-Type"] == "application/json"
+            assert await response.json() == {"message": "404: Not Found", "code": 0}
+        async with session.get(f"{standin.api_url}/users/@me", headers=headers) as response:
+            assert response.headers["Content-Type"] == "application/json"
+            assert (await response.json())["id"] == str(standin.app_id)
+
+
+# -- gateway ------------------------------------------------------------------------------------
+
+
+async def test_ready_fills_the_guild_cache(standin: DiscordStandIn, world: World) -> None:
+    bot = make_bot()
+    async with connected(bot):
+        guild = bot.get_guild(world.guild.id)
+        assert guild is not None
+        assert guild.chunked
+        assert guild.member_count == len(world.guild.members) == len(guild.members)
+        assert {m.name for m in guild.members} >= {"alice", "mod", bot.user.name}
+        assert isinstance(guild.get_channel(world.media.id), discord.TextChannel)
+        assert isinstance(guild.get_channel(world.forum.id), discord.ForumChannel)
+        thread = guild.get_thread(world.post.id)
+        assert thread is not None
+        assert thread.parent_id == world.forum.id
+        assert guild.me.guild_permissions.send_messages
+
+    identify = standin.identify_payload
+    assert identify is not None
+    assert identify["token"] == "<redacted>"
+    assert identify["intents"] & discord.Intents.message_content.flag
+    assert standin.connections[0].query["encoding"] == "json"
+
+
+async def test_heartbeats_are_acknowledged() -> None:
+    async with DiscordStandIn(token=TOKEN, heartbeat_interval=200) as fast:
+        with pointed_at(fast):
+            fast.add_guild("beats")
+            bot = make_bot()
+            async with connected(bot):
+                await fast.wait_until(
+                    lambda: fast.connections[0].heartbeats >= 3, STEP, "three heartbeats"
+                )
+                assert bot.latency != float("inf")
+
+
+async def test_message_content_intent_not_allowed_closes_with_4014() -> None:
+    async with DiscordStandIn(token=TOKEN, message_content_allowed=False) as strict:
+        with pointed_at(strict):
+            bot = make_bot(message_content=True)
+            try:
+                await bot.login(TOKEN)
+                with pytest.raises(discord.PrivilegedIntentsRequired):
+                    await asyncio.wait_for(bot.connect(), STEP)
+            finally:
+                await bot.close()
+
+    assert strict.connections[0].close_code == 4014
+
+
+async def test_resume_replays_events_missed_while_disconnected(
+    standin: DiscordStandIn, world: World
+) -> None:
+    bot = make_bot()
+    async with connected(bot):
+        resumed = await started(expect(bot, "resumed"))
+        standin.hold_gateway()
+        await standin.disconnect(4000)
+        missed = await standin.post_message(world.media, world.alice, "sent during the outage")
+        received = await started(expect(bot, "message", lambda m: m.id == missed.id))
+        standin.release_gateway()
+
+        connection = await standin.wait_for_resume(STEP)
+        await asyncio.wait_for(resumed, STEP)
+        message = await asyncio.wait_for(received, STEP)
+
+    assert message.content == "sent during the outage"
+    assert [c.kind for c in standin.connections] == ["identify", "resume"]
+    assert connection.path == "/gateway/resume"
+    assert standin.connections[0].close_code == 4000
+    resume = next(frame for frame in connection.received if frame["op"] == 6)
+    assert resume["d"]["token"] == "<redacted>"
+    missed_seq = next(
+        event["s"]
+        for event in standin.gateway.current.log  # type: ignore[union-attr]
+        if event["t"] == "MESSAGE_CREATE" and event["d"]["id"] == str(missed.id)
+    )
+    assert resume["d"]["seq"] < missed_seq
+
+
+# -- messages -----------------------------------------------------------------------------------
+
+
+async def test_message_events_reach_the_bot(standin: DiscordStandIn, world: World) -> None:
+    bot = make_bot()
+    image = png_bytes(3, 2)
+    async with connected(bot):
+        created = await started(expect(bot, "message"))
+        posted = await standin.post_message(
+            world.media, world.alice, "look", attachments=[Attachment("cat pic.png", image)]
+        )
+        message = await asyncio.wait_for(created, STEP)
+        assert message.content == "look"
+        assert message.author.id == world.alice.id
+        assert isinstance(message.author, discord.Member)
+        (attachment,) = message.attachments
+        assert attachment.filename == "cat_pic.png"
+        assert (attachment.size, attachment.content_type) == (len(image), "image/png")
+        assert (attachment.width, attachment.height) == (3, 2)
+        assert await attachment.read() == image
+
+        deleted = await started(expect(bot, "message_delete"))
+        await standin.delete_message(posted)
+        assert (await asyncio.wait_for(deleted, STEP)).id == posted.id
+
+        first = await standin.post_message(world.media, world.alice, "one")
+        second = await standin.post_message(world.media, world.alice, "two")
+        bulk = await started(expect(bot, "raw_bulk_message_delete"))
+        await standin.bulk_delete([first, second])
+        assert (await asyncio.wait_for(bulk, STEP)).message_ids == {first.id, second.id}
+
+
+async def test_without_message_content_intent_attachments_are_hidden(
+    world: World, standin: DiscordStandIn
+) -> None:
+    bot = make_bot(message_content=False)
+    async with connected(bot):
+        received = await started(expect(bot, "message"))
+        await standin.post_message(
+            world.media, world.alice, "secret", attachments=[Attachment("a.png", png_bytes(1, 1))]
+        )
+        plain = await asyncio.wait_for(received, STEP)
+
+        received = await started(expect(bot, "message"))
+        await standin.post_message(
+            world.media,
+            world.alice,
+            "hey bot",
+            attachments=[Attachment("b.png", png_bytes(1, 1))],
+            mentions_bot=True,
+        )
+        mentioned = await asyncio.wait_for(received, STEP)
+
+    assert (plain.content, plain.attachments, plain.embeds) == ("", [], [])
+    assert bot.user is not None
+    assert mentioned.content == f"<@{bot.user.id}> hey bot"
+    assert [a.filename for a in mentioned.attachments] == ["b.png"]
+
+
+async def test_reply_with_file_is_recorded_and_served(
+    standin: DiscordStandIn, world: World
+) -> None:
+    bot = make_bot()
+    async with connected(bot):
+        source = await standin.post_message(world.media, world.alice, "rehost this")
+        channel = bot.get_channel(world.media.id)
+        assert isinstance(channel, discord.TextChannel)
+        original = await channel.fetch_message(source.id)
+        sent = await original.reply("done", file=discord.File(io.BytesIO(b"GIF89a..."), "x.gif"))
+        assert sent.reference is not None
+        assert sent.reference.message_id == source.id
+        assert await sent.attachments[0].read() == b"GIF89a..."
+
+        edited = await sent.edit(content="done, edited")
+        assert edited.content == "done, edited"
+        await sent.delete()
+
+    upload = next(r for r in standin.requests if r.route == "POST /channels/{channel_id}/messages")
+    assert upload.multipart
+    assert upload.json["message_reference"]["message_id"] == source.id
+    assert [(f.form_name, f.filename, f.size) for f in upload.files] == [("files[0]", "x.gif", 9)]
+    (posted,) = standin.channel_messages(world.media)
+    assert posted.content == "done, edited"
+    assert posted.history == ["done"]
+    assert posted.deleted
+    assert posted.reference is source
+
+
+async def test_sending_without_permission_is_forbidden(
+    standin: DiscordStandIn, world: World
+) -> None:
+    world.media.set_permissions(world.guild.me, deny=Permission.SEND_MESSAGES)
+    bot = make_bot()
+    async with connected(bot):
+        channel = bot.get_channel(world.media.id)
+        assert isinstance(channel, discord.TextChannel)
+        assert not channel.permissions_for(channel.guild.me).send_messages
+        with pytest.raises(discord.Forbidden) as caught:
+            await channel.send("hello")
+
+    assert (caught.value.status, caught.value.code) == (403, 50013)
+    assert caught.value.text == "Missing Permissions"
+    assert standin.channel_messages(world.media) == []
+
+
+async def test_rate_limited_send_is_retried(standin: DiscordStandIn, world: World) -> None:
+    standin.inject_rate_limit("POST /channels/{channel_id}/messages", retry_after=0.1)
+    bot = make_bot()
+    async with connected(bot):
+        channel = bot.get_channel(world.media.id)
+        assert isinstance(channel, discord.TextChannel)
+        await channel.send("eventually")
+
+    sends = [r for r in standin.requests if r.route == "POST /channels/{channel_id}/messages"]
+    assert [r.status for r in sends] == [429, 200]
+    assert sends[0].response["retry_after"] == 0.1
+    assert [m.content for m in standin.channel_messages(world.media)] == ["eventually"]
+
+
+# -- CDN ----------------------------------------------------------------------------------------
+
+
+async def test_cdn_links_expire_and_die_with_their_message(
+    standin: DiscordStandIn, world: World
+) -> None:
+    bot = make_bot()
+    async with connected(bot):
+        received = await started(expect(bot, "message"))
+        posted = await standin.post_message(
+            world.media, world.alice, "", attachments=[Attachment("clip.mp4", b"\0" * 300_000)]
+        )
+        (attachment,) = (await asyncio.wait_for(received, STEP)).attachments
+        url = yarl.URL(attachment.url)
+        assert url.path.startswith(f"/attachments/{world.media.id}/")
+        assert set(url.query) >= {"ex", "is", "hm"}
+
+        async with aiohttp.ClientSession() as session:
+            async with session.get(attachment.url) as response:
+                assert response.status == 200
+                assert response.headers["Content-Type"] == "video/mp4"
+                assert response.content_length == 300_000
+                assert len(await response.read()) == 300_000
+            tampered = str(url.update_query(hm="0" * 64))
+            async with session.get(tampered) as response:
+                assert response.status == 404
+
+        standin.advance_clock(24 * 3600 + 1)
+        with pytest.raises(discord.NotFound):
+            await attachment.read()
+
+        channel = bot.get_channel(world.media.id)
+        assert isinstance(channel, discord.TextChannel)
+        fresh = (await channel.fetch_message(posted.id)).attachments[0]
+        assert fresh.url != attachment.url
+        assert len(await fresh.read()) == 300_000
+
+        await standin.delete_message(posted)
+        async with aiohttp.ClientSession() as session, session.get(fresh.url) as response:
+            assert response.status == 404
+            assert await response.text() == "This content is no longer available."
+
+
+# -- interactions -------------------------------------------------------------------------------
+
+
+Handler = Callable[[discord.Interaction], Awaitable[None]]
+
+
+def command_bot(handler: Handler, **kwargs: Any) -> commands.Bot:
+    """A bot with one slash command ``/rehost file:<attachment> [note:<text>]``."""
+    bot = make_bot(**kwargs)
+
+    @bot.tree.command(name="rehost", description="Give an attachment a permanent home")
+    @app_commands.describe(file="The file to rehost", note="A note")
+    async def rehost(
+        interaction: discord.Interaction, file: discord.Attachment, note: str | None = None
+    ) -> None:
+        await handler(interaction)
+
+    return bot
+
+
+async def test_slash_attachment_option_resolves_and_downloads(
+    standin: DiscordStandIn, world: World
+) -> None:
+    seen: dict[str, Any] = {}
+
+    async def handler(interaction: discord.Interaction) -> None:
+        file = interaction.namespace.file
+        seen["file"] = file
+        seen["bytes"] = await file.read()
+        seen["limit"] = interaction.filesize_limit
+        seen["can_manage"] = interaction.permissions.manage_messages
+        seen["app_can_attach"] = interaction.app_permissions.attach_files
+        seen["data"] = interaction.data
+        await interaction.response.send_message(f"got {file.filename}")
+
+    bot = command_bot(handler)
+    image = png_bytes(4, 4)
+    async with connected(bot):
+        await bot.tree.sync()
+        (synced,) = standin.commands
+        assert synced["options"][0]["type"] == 11
+        handle = await standin.invoke_slash(
+            "rehost", world.mod, world.media, {"file": Attachment("shot.png", image)}
+        )
+        await handle.wait_done(STEP)
+
+    file = seen["file"]
+    assert isinstance(file, discord.Attachment)
+    assert (file.filename, file.size, file.content_type) == ("shot.png", len(image), "image/png")
+    assert file.ephemeral
+    assert "/ephemeral-attachments/" in file.url
+    assert seen["bytes"] == image
+    assert seen["limit"] == world.guild.filesize_limit
+    assert seen["can_manage"]
+    assert seen["app_can_attach"]
+    assert seen["data"]["options"][0]["value"] == str(file.id)
+    assert (handle.callback_type, handle.deferred, handle.ephemeral) == (4, False, False)
+    assert handle.response_content == "got shot.png"
+    assert handle.visible_messages().channel == [handle.original]
+
+
+async def test_first_followup_keeps_a_public_deferral_public(
+    standin: DiscordStandIn, world: World
+) -> None:
+    async def handler(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(thinking=True)
+        await interaction.followup.send("upload failed", ephemeral=True)
+        await interaction.followup.send("details for you", ephemeral=True)
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await handle.wait_for_followups(2, STEP)
+
+    visible = handle.visible_messages()
+    assert handle.deferred
+    assert not handle.thinking
+    assert [m.content for m in visible.channel] == ["upload failed"]
+    assert [m.content for m in visible.invoker_only] == ["details for you"]
+    assert handle.followups[0] is handle.original
+    assert [m.content for m in standin.channel_messages(world.media)] == ["upload failed"]
+
+
+async def test_first_followup_keeps_a_private_deferral_private(
+    standin: DiscordStandIn, world: World
+) -> None:
+    async def handler(interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True)
+        await interaction.followup.send("only you see this")
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await handle.wait_done(STEP)
+
+    assert handle.ephemeral
+    assert [m.content for m in handle.visible_messages().invoker_only] == ["only you see this"]
+    assert standin.channel_messages(world.media) == []
+
+
+async def test_late_answer_fails_with_unknown_interaction(
+    standin: DiscordStandIn, world: World
+) -> None:
+    started_event = asyncio.Event()
+    go = asyncio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def handler(interaction: discord.Interaction) -> None:
+        started_event.set()
+        await go.wait()
+        try:
+            await interaction.response.send_message("too late")
+        except discord.NotFound as exc:
+            outcome["error"] = exc
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await asyncio.wait_for(started_event.wait(), STEP)
+        standin.advance_clock(3.5)
+        go.set()
+        await handle.wait_done(STEP)
+
+    error = outcome["error"]
+    assert (error.status, error.code, error.text) == (404, 10062, "Unknown interaction")
+    assert [(e.status, e.code) for e in handle.errors] == [(404, 10062)]
+    assert handle.failed_to_respond
+    assert handle.original is None
+
+
+async def test_second_callback_is_rejected(standin: DiscordStandIn, world: World) -> None:
+    async def handler(interaction: discord.Interaction) -> None:
+        await interaction.response.send_message("first")
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await handle.wait_done(STEP)
+        url = f"{standin.api_url}/interactions/{handle.id}/{handle.token}/callback"
+        payload = {"type": 4, "data": {"content": "x"}}
+        async with aiohttp.ClientSession() as session, session.post(url, json=payload) as response:
+            assert response.status == 400
+            body = await response.json()
+
+    assert body == {"message": "Interaction has already been acknowledged.", "code": 40060}
+    assert handle.response_content == "first"
+
+
+async def test_message_command_target_carries_content_without_the_intent(
+    standin: DiscordStandIn, world: World
+) -> None:
+    seen: dict[str, discord.Message] = {}
+
+    async def rehost_message(interaction: discord.Interaction, message: discord.Message) -> None:
+        seen["target"] = message
+        await interaction.response.send_message("queued", ephemeral=True)
+
+    bot = make_bot(message_content=False)
+    bot.tree.add_command(app_commands.ContextMenu(name="Rehost", callback=rehost_message))
+    async with connected(bot):
+        await bot.tree.sync()
+        target = await standin.post_message(
+            world.media, world.alice, "pic", attachments=[Attachment("p.png", png_bytes(2, 2))]
+        )
+        handle = await standin.invoke_message_command("Rehost", world.alice, target)
+        await handle.wait_done(STEP)
+
+    message = seen["target"]
+    assert message.id == target.id
+    assert message.content == "pic"
+    assert [a.filename for a in message.attachments] == ["p.png"]
+    assert handle.ephemeral
+    assert handle.visible_messages().invoker_only[0].content == "queued"
+
+
+async def test_autocomplete_returns_the_bot_choices(standin: DiscordStandIn, world: World) -> None:
+    bot = make_bot()
+
+    @bot.tree.command(name="find", description="Find an upload")
+    async def find(interaction: discord.Interaction, query: str) -> None:
+        await interaction.response.send_message(query)
+
+    @find.autocomplete("query")
+    async def suggest(interaction: discord.Interaction, current: str) -> list[Any]:
+        return [app_commands.Choice(name=f"{current} {n}", value=f"{current}-{n}") for n in (1, 2)]
+
+    async with connected(bot):
+        await bot.tree.sync()
+        choices = await standin.invoke_autocomplete(
+            "find", world.alice, world.media, {"query": "ca"}, "query", timeout=STEP
+        )
+
+    assert choices == [{"name": "ca 1", "value": "ca-1"}, {"name": "ca 2", "value": "ca-2"}]
+
+
+async def test_bot_permissions_reach_interactions(standin: DiscordStandIn, world: World) -> None:
+    world.guild.set_bot_permissions(BOT_DEFAULT & ~Permission.ATTACH_FILES)
+    seen: dict[str, discord.Permissions] = {}
+
+    async def handler(interaction: discord.Interaction) -> None:
+        seen["app"] = interaction.app_permissions
+        seen["user"] = interaction.permissions
+        await interaction.response.send_message("ok", ephemeral=True)
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await handle.wait_done(STEP)
+
+    assert not seen["app"].attach_files
+    assert seen["app"].send_messages
+    assert not seen["user"].manage_messages
