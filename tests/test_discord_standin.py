@@ -9,6 +9,7 @@ import struct
 import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +29,7 @@ from tests.discord_standin import (
     Guild,
     Member,
     Permission,
+    StandInUsageError,
 )
 
 TOKEN = "bot-token"  # a stand-in token, not a secret
@@ -627,3 +629,256 @@ async def test_bot_permissions_reach_interactions(standin: DiscordStandIn, world
     assert not seen["app"].attach_files
     assert seen["app"].send_messages
     assert not seen["user"].manage_messages
+
+
+async def test_deleting_a_public_deferral_lets_the_error_stay_private(
+    standin: DiscordStandIn, world: World
+) -> None:
+    async def handler(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        await interaction.edit_original_response(content="uploading...")
+        await interaction.delete_original_response()
+        await interaction.followup.send("that file is too large", ephemeral=True)
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await handle.wait_for_followups(1, STEP)
+
+    assert handle.original is not None
+    assert handle.original.deleted
+    assert handle.original.content == "uploading..."
+    visible = handle.visible_messages()
+    assert visible.channel == []
+    assert [m.content for m in visible.invoker_only] == ["that file is too large"]
+    (placeholder,) = standin.channel_messages(world.media)
+    assert placeholder.deleted
+
+
+async def test_followups_stop_after_fifteen_minutes(standin: DiscordStandIn, world: World) -> None:
+    deferred = asyncio.Event()
+    go = asyncio.Event()
+    outcome: dict[str, Any] = {}
+
+    async def handler(interaction: discord.Interaction) -> None:
+        await interaction.response.defer()
+        deferred.set()
+        await go.wait()
+        try:
+            await interaction.followup.send("finally done")
+        except discord.HTTPException as exc:
+            outcome["error"] = exc
+
+    bot = command_bot(handler)
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_slash(
+            "rehost", world.alice, world.media, {"file": Attachment("a.png", png_bytes(1, 1))}
+        )
+        await asyncio.wait_for(deferred.wait(), STEP)
+        standin.advance_clock(15 * 60 + 1)
+        go.set()
+        await handle.wait_until(lambda h: h.errors, STEP)
+
+    assert (outcome["error"].status, outcome["error"].code) == (401, 50027)
+    assert handle.thinking
+
+
+async def test_buttons_and_modals_round_trip(standin: DiscordStandIn, world: World) -> None:
+    class Reason(discord.ui.Modal, title="Why delete it?"):
+        reason: discord.ui.TextInput[Reason] = discord.ui.TextInput(label="Reason")
+
+        async def on_submit(self, interaction: discord.Interaction) -> None:
+            await interaction.response.edit_message(content=f"deleted: {self.reason.value}")
+
+    class Confirm(discord.ui.View):
+        @discord.ui.button(label="Keep", custom_id="keep")
+        async def keep(
+            self, interaction: discord.Interaction, button: discord.ui.Button[Confirm]
+        ) -> None:
+            await interaction.response.edit_message(content="kept")
+
+        @discord.ui.button(label="Delete", custom_id="delete")
+        async def delete(
+            self, interaction: discord.Interaction, button: discord.ui.Button[Confirm]
+        ) -> None:
+            await interaction.response.send_modal(Reason())
+
+    bot = make_bot()
+    async with connected(bot):
+        channel = bot.get_channel(world.media.id)
+        assert isinstance(channel, discord.TextChannel)
+        await channel.send("Delete the upload?", view=Confirm())
+        (prompt,) = standin.channel_messages(world.media)
+
+        kept = await standin.use_component(prompt, world.alice, "keep")
+        await kept.wait_done(STEP)
+        assert (kept.callback_type, prompt.content) == (7, "kept")
+
+        asked = await standin.use_component(prompt, world.alice, "delete")
+        await asked.wait_done(STEP)
+        assert asked.modal is not None
+        assert asked.modal["title"] == "Why delete it?"
+
+        submitted = await standin.submit_modal(asked, {"Reason": "duplicate"})
+        await submitted.wait_done(STEP)
+
+    assert prompt.content == "deleted: duplicate"
+    assert prompt.history == ["Delete the upload?", "kept"]
+
+
+async def test_world_changes_after_connect_reach_the_bot(
+    standin: DiscordStandIn, world: World
+) -> None:
+    bot = make_bot()
+    async with connected(bot):
+        channel_created = await started(expect(bot, "guild_channel_create"))
+        archive = world.guild.add_text_channel("archive")
+        assert (await asyncio.wait_for(channel_created, STEP)).id == archive.id
+
+        joined = await started(expect(bot, "member_join"))
+        bob = world.guild.add_member("bob")
+        assert (await asyncio.wait_for(joined, STEP)).id == bob.id
+
+        updated = await started(expect(bot, "guild_channel_update"))
+        archive.set_permissions(bob, deny=Permission.VIEW_CHANNEL)
+        _, after = await asyncio.wait_for(updated, STEP)
+        assert not after.permissions_for(after.guild.get_member(bob.id)).view_channel
+
+        role_created = await started(expect(bot, "guild_role_create"))
+        helpers = world.guild.add_role("helpers", Permission.MANAGE_MESSAGES)
+        assert (await asyncio.wait_for(role_created, STEP)).name == "helpers"
+
+        member_updated = await started(expect(bot, "member_update"))
+        bob.add_role(helpers)
+        _, bob_after = await asyncio.wait_for(member_updated, STEP)
+        assert bob_after.guild_permissions.manage_messages
+
+        thread_created = await started(expect(bot, "thread_create"))
+        thread = world.guild.add_thread(archive, "old uploads")
+        assert (await asyncio.wait_for(thread_created, STEP)).id == thread.id
+
+        guild_joined = await started(expect(bot, "guild_join"))
+        second = standin.add_guild("Second Server")
+        assert (await asyncio.wait_for(guild_joined, STEP)).id == second.id
+
+    assert len(standin.connections) == 1
+
+
+async def test_large_file_attachment_is_streamed(
+    standin: DiscordStandIn, world: World, tmp_path: Path
+) -> None:
+    video = tmp_path / "long video.webm"
+    video.write_bytes(b"\x1a\x45\xdf\xa3" + b"v" * (3 * 1024 * 1024))
+    bot = make_bot()
+    async with connected(bot):
+        received = await started(expect(bot, "message"))
+        await standin.post_message(
+            world.media, world.alice, attachments=[Attachment(video.name, video)]
+        )
+        (attachment,) = (await asyncio.wait_for(received, STEP)).attachments
+        assert attachment.size == video.stat().st_size
+        assert attachment.content_type == "video/webm"
+        assert await attachment.read() == video.read_bytes()
+
+
+async def test_direct_messages_work_both_ways(standin: DiscordStandIn, world: World) -> None:
+    shy = world.guild.add_member(standin.add_user("shy", accepts_dms=False))
+    bot = make_bot(message_content=False)
+    async with connected(bot):
+        user = await bot.fetch_user(world.alice.id)
+        sent = await user.send("your upload is ready")
+        dm = standin.open_dm(world.alice)
+        assert [m.content for m in standin.channel_messages(dm)] == ["your upload is ready"]
+        assert sent.channel.id == dm.id
+
+        received = await started(expect(bot, "message", lambda m: m.author.id == world.alice.id))
+        await standin.post_message(
+            dm, world.alice, "thanks", attachments=[Attachment("t.txt", b"t")]
+        )
+        reply = await asyncio.wait_for(received, STEP)
+        assert reply.guild is None
+        assert reply.content == "thanks"
+        assert [a.filename for a in reply.attachments] == ["t.txt"]
+
+        with pytest.raises(discord.Forbidden) as caught:
+            await (await bot.fetch_user(shy.id)).send("hello")
+        assert caught.value.code == 50007
+
+
+async def test_upload_over_the_guild_limit_is_rejected(standin: DiscordStandIn) -> None:
+    guild = standin.add_guild("Small", filesize_limit=1000)
+    channel = guild.add_text_channel("uploads")
+    bot = make_bot()
+    async with connected(bot):
+        target = bot.get_channel(channel.id)
+        assert isinstance(target, discord.TextChannel)
+        with pytest.raises(discord.HTTPException) as caught:
+            await target.send(file=discord.File(io.BytesIO(b"x" * 2000), "big.bin"))
+
+    assert (caught.value.status, caught.value.code) == (413, 40005)
+
+
+async def test_subcommands_and_options_follow_the_synced_definition(
+    standin: DiscordStandIn, world: World
+) -> None:
+    seen: dict[str, Any] = {}
+    bot = make_bot()
+    ledger = app_commands.Group(
+        name="ledger",
+        description="Your uploads",
+        default_permissions=discord.Permissions(manage_messages=True),
+    )
+
+    @ledger.command(name="show", description="Show one upload")
+    async def show(
+        interaction: discord.Interaction,
+        number: app_commands.Range[int, 1, 99],
+        who: discord.Member,
+    ) -> None:
+        seen["args"] = (number, who.id)
+        await interaction.response.send_message("shown", ephemeral=True)
+
+    bot.tree.add_command(ledger)
+    async with connected(bot):
+        await bot.tree.sync()
+        with pytest.raises(StandInUsageError, match="subcommand"):
+            await standin.invoke_slash("ledger", world.mod, world.media)
+        with pytest.raises(StandInUsageError, match="unknown options"):
+            await standin.invoke_slash("ledger show", world.mod, world.media, {"count": 1})
+        with pytest.raises(StandInUsageError, match="out of range"):
+            await standin.invoke_slash(
+                "ledger show", world.mod, world.media, {"number": 100, "who": world.alice}
+            )
+        with pytest.raises(StandInUsageError, match="default_member_permissions"):
+            await standin.invoke_slash(
+                "ledger show", world.alice, world.media, {"number": 1, "who": world.alice}
+            )
+        with pytest.raises(StandInUsageError, match="never synced"):
+            await standin.invoke_slash("imgur", world.mod, world.media)
+
+        handle = await standin.invoke_slash(
+            "ledger", world.mod, world.media, {"number": 7, "who": world.alice}, subcommand="show"
+        )
+        await handle.wait_done(STEP)
+
+    assert seen["args"] == (7, world.alice.id)
+    assert handle.name == "ledger show"
+
+
+async def test_gateway_rejects_a_wrong_token_and_a_stale_session(standin: DiscordStandIn) -> None:
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{standin.gateway_url}?v=10&encoding=json") as ws:
+            hello = await ws.receive_json(timeout=STEP)
+            assert hello == {"op": 10, "d": {"heartbeat_interval": 41250}}
+            await ws.send_json({"op": 2, "d": {"token": "wrong", "intents": 513, "properties": {}}})
+            closing = await ws.receive(timeout=STEP)
+            assert (closing.type, closing.data) == (aiohttp.WSMsgType.CLOSE, 4004)
+
+        async with session.ws_connect(standin.resume_gateway_url) as ws:
+            await ws.receive_json(timeout=STEP)
+            await ws.send_json({"op": 6, "d": {"token": TOKEN, "session_id": "gone", "seq": 3}})
+            assert await ws.receive_json(timeout=STEP) == {"op": 9, "d": False}

@@ -269,7 +269,10 @@ class DiscordStandIn:
         self.guilds[guild.id] = guild
         session = self.gateway.current
         if session is not None and not session.invalidated:
-            session.append("GUILD_CREATE", self._guild_create_payload(guild, session))
+            # A guild joined mid-session has no "unavailable" key (discord.py: guild_join).
+            payload = self._guild_create_payload(guild, session)
+            del payload["unavailable"]
+            session.append("GUILD_CREATE", payload)
             self._notify()
         return guild
 
@@ -1187,25 +1190,38 @@ class DiscordStandIn:
     async def submit_modal(
         self, handle: InteractionHandle, values: Mapping[str, str]
     ) -> InteractionHandle:
-        """The invoker fills in and submits the modal the bot answered ``handle`` with."""
+        """The invoker submits the modal the bot answered ``handle`` with.
+
+        ``values`` maps a text input's ``custom_id`` (or its label) to the typed text.
+        """
         if handle.modal is None:
             raise StandInUsageError("the bot did not answer that interaction with a modal")
         components: list[Payload] = []
+        used: set[str] = set()
         for row in handle.modal.get("components", []):
             inner = row.get("components") if row.get("type") == 1 else [row.get("component")]
-            submitted = [
-                {
-                    "type": c["type"],
-                    "custom_id": c["custom_id"],
-                    "value": values.get(c["custom_id"], ""),
-                }
-                for c in inner or []
-                if c and "custom_id" in c
-            ]
+            submitted: list[Payload] = []
+            for component in inner or []:
+                if not component or "custom_id" not in component:
+                    continue
+                names = (component["custom_id"], row.get("label"), component.get("label"))
+                key = next((name for name in names if name in values), None)
+                if key is not None:
+                    used.add(key)
+                submitted.append(
+                    {
+                        "type": component["type"],
+                        "custom_id": component["custom_id"],
+                        "value": values[key] if key is not None else "",
+                    }
+                )
             if row.get("type") == 18:
                 components += [{"type": 18, "component": c} for c in submitted]
             else:
                 components.append({"type": 1, "components": submitted})
+        unknown = set(values) - used
+        if unknown:
+            raise StandInUsageError(f"the modal has no fields {sorted(unknown)}")
         data = {"custom_id": handle.modal["custom_id"], "components": components}
         return await self._dispatch_interaction(
             type=ix.MODAL_SUBMIT,
