@@ -210,6 +210,38 @@ async def test_message_content_intent_not_allowed_closes_with_4014() -> None:
     assert strict.connections[0].close_code == 4014
 
 
+async def test_without_members_intent_only_the_bot_member_arrives(
+    standin: DiscordStandIn, world: World
+) -> None:
+    bot = make_bot(members=False)
+    async with connected(bot):
+        guild = bot.get_guild(world.guild.id)
+        assert guild is not None
+        assert guild.member_count == len(world.guild.members)
+        assert [m.id for m in guild.members] == [standin.bot_user.id]
+
+
+async def test_portal_without_message_content_hides_it_over_rest_too() -> None:
+    async with DiscordStandIn(token=TOKEN, message_content_allowed=False) as strict:
+        guild = strict.add_guild("Quiet")
+        channel = guild.add_text_channel("general")
+        alice = guild.add_member("alice")
+        with pointed_at(strict):
+            bot = make_bot(message_content=False)
+            async with connected(bot):
+                posted = await strict.post_message(channel, alice, "hidden text")
+                target = bot.get_channel(channel.id)
+                assert isinstance(target, discord.TextChannel)
+                fetched = await target.fetch_message(posted.id)
+                own = await target.send("the bot's own words")
+                refetched = await target.fetch_message(own.id)
+
+    assert fetched.content == ""
+    assert refetched.content == "the bot's own words"
+    application = next(r for r in strict.requests if r.path == "/oauth2/applications/@me")
+    assert not application.response["flags"] & (1 << 18 | 1 << 19)
+
+
 async def test_resume_replays_events_missed_while_disconnected(
     standin: DiscordStandIn, world: World
 ) -> None:
@@ -345,8 +377,13 @@ async def test_sending_without_permission_is_forbidden(
     assert standin.channel_messages(world.media) == []
 
 
-async def test_rate_limited_send_is_retried(standin: DiscordStandIn, world: World) -> None:
-    standin.inject_rate_limit("POST /channels/{channel_id}/messages", retry_after=0.1)
+@pytest.mark.parametrize("is_global", [False, True])
+async def test_rate_limited_send_is_retried(
+    standin: DiscordStandIn, world: World, is_global: bool
+) -> None:
+    standin.inject_rate_limit(
+        "POST /channels/{channel_id}/messages", retry_after=0.1, is_global=is_global
+    )
     bot = make_bot()
     async with connected(bot):
         channel = bot.get_channel(world.media.id)
@@ -355,7 +392,11 @@ async def test_rate_limited_send_is_retried(standin: DiscordStandIn, world: Worl
 
     sends = [r for r in standin.requests if r.route == "POST /channels/{channel_id}/messages"]
     assert [r.status for r in sends] == [429, 200]
-    assert sends[0].response["retry_after"] == 0.1
+    assert sends[0].response == {
+        "message": "You are being rate limited.",
+        "retry_after": 0.1,
+        "global": is_global,
+    }
     assert [m.content for m in standin.channel_messages(world.media)] == ["eventually"]
 
 
