@@ -318,6 +318,12 @@ def _error(status: int, sentence: str, headers: Mapping[str, str] | None = None)
 async def _post_upload(request: web.Request) -> web.Response:
     """``POST /api/upload``: a file as multipart, or a URL as JSON."""
     services = request.app[SERVICES_KEY]
+    resume_at = services.pipeline.scheduler.resume_at
+    if resume_at is not None:
+        # The queue would hold this upload until the quota refills, perhaps for an hour: a
+        # caller is better told when to come back, before it sends the body.
+        raise ImgurRateLimited(resume_at)
+
     if request.content_type == "multipart/form-data":
         rehost = await _upload_form(request, services)
     elif request.content_type == "application/json":

@@ -539,6 +539,19 @@ async def test_a_spent_imgur_quota_is_429_with_retry_after(
     assert imgur.images == {}
 
 
+async def test_uploads_after_a_429_are_refused_at_once_rather_than_held(
+    endpoint: Endpoint, imgur: ImgurStandIn
+) -> None:
+    # An HTTP caller cannot wait an hour for the quota to refill: it is told when to retry.
+    imgur.user_remaining = imgur.upload_cost - 1
+
+    first = await endpoint.upload(samples.png(seed=16))
+    second = await asyncio.wait_for(endpoint.upload(samples.png(seed=17)), WAIT)
+
+    assert first.status == second.status == 429
+    assert int(second.headers["Retry-After"]) > 0
+
+
 async def test_imgur_over_capacity_is_503(endpoint: Endpoint, imgur: ImgurStandIn) -> None:
     imgur.fail_next("over_capacity_500", times=10, path="/3/image")
 
