@@ -363,7 +363,7 @@ async def _upload_form(request: web.Request, services: Services) -> Rehost:
         elif part.name == "file":
             break
         else:
-            await part.release()  # fields this endpoint does not know are skipped
+            await _skip(part)  # fields this endpoint does not know are skipped
 
     stream = _file_chunks(reader, part)
     source = StreamSource(stream, filename=part.filename or "upload", declared_size=None)
@@ -383,7 +383,17 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
             raise BadRequest("The multipart body is malformed.") from exc
         if part is None or isinstance(part, BodyPartReader):
             return part
+        try:
+            await part.release()
+        except (ValueError, HttpProcessingError) as exc:
+            raise BadRequest("The multipart body is malformed.") from exc
+
+
+async def _skip(part: BodyPartReader) -> None:
+    try:
         await part.release()
+    except (ValueError, HttpProcessingError) as exc:
+        raise BadRequest("The multipart body is malformed.") from exc
 
 
 async def _read_title(part: BodyPartReader) -> str | None:
@@ -422,7 +432,7 @@ async def _file_chunks(
             raise BadRequest("Send the 'title' field before the 'file' field.")
         if extra.name == "file":
             raise BadRequest("Send one file per request.")
-        await extra.release()
+        await _skip(extra)
 
 
 async def _upload_url(request: web.Request, services: Services) -> Rehost:

@@ -426,6 +426,25 @@ async def test_a_malformed_json_request_is_a_bad_request(
     assert imgur.requests == []
 
 
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("multipart/form-data", b"--x\r\n\r\nno boundary declared\r\n--x--\r\n"),
+        ("multipart/form-data; boundary=x", b"nothing like a multipart body"),
+        ("multipart/form-data; boundary=x", b"--x\r\nContent-Disposition: form-data\r\n"),
+    ],
+    ids=["no-boundary", "garbage", "cut-in-headers"],
+)
+async def test_a_malformed_multipart_body_is_a_bad_request(
+    endpoint: Endpoint, imgur: ImgurStandIn, content_type: str, body: bytes
+) -> None:
+    headers = {**AUTH, "Content-Type": content_type}
+    answer = await endpoint.call("POST", "/api/upload", headers=headers, data=body)
+
+    assert answer.status == 400
+    assert imgur.requests == []
+
+
 async def test_a_body_that_is_neither_form_nor_json_is_unsupported(endpoint: Endpoint) -> None:
     headers = {**AUTH, "Content-Type": "image/png"}
     answer = await endpoint.call("POST", "/api/upload", headers=headers, data=samples.png())
