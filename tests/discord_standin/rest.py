@@ -21,7 +21,6 @@ from .world import (
     FLAG_SUPPRESS_EMBEDS,
     FLAG_SUPPRESS_NOTIFICATIONS,
     Channel,
-    ChannelType,
     Message,
     MessageType,
     StoredAttachment,
@@ -961,7 +960,8 @@ async def interaction_callback(standin: DiscordStandIn, req: RecordedRequest) ->
         raise ApiError(404, 10062, "Unknown interaction", handle=handle)
 
     body = req.json if isinstance(req.json, dict) else {}
-    kind = body.get("type")
+    raw_kind = body.get("type")
+    kind = raw_kind if isinstance(raw_kind, int) else -1
     data = body.get("data") or {}
     allowed = kind in _ALLOWED_CALLBACKS[handle.type]
     if kind in _NEEDS_MESSAGE and handle.target_message is None:
@@ -1181,13 +1181,3 @@ async def delete_webhook_message(standin: DiscordStandIn, req: RecordedRequest) 
     message = _webhook_message(handle, req.params["message_id"])
     standin._delete(message)
     return Reply(status=204)
-
-
-def is_message_channel(channel: Channel) -> bool:
-    return channel.type in (
-        ChannelType.GUILD_TEXT,
-        ChannelType.GUILD_ANNOUNCEMENT,
-        ChannelType.PUBLIC_THREAD,
-        ChannelType.PRIVATE_THREAD,
-        ChannelType.DM,
-    )

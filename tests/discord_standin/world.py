@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from .permissions import (
     ADMIN,
+    MEMBER,
+    MODERATOR,
     Overwrite,
     apply_overwrites,
     base_permissions,
@@ -392,8 +394,6 @@ class Guild:
         if isinstance(user, str):
             user = self.standin.add_user(user)
         if permissions is None and roles is None:
-            from .permissions import MEMBER
-
             permissions = MEMBER
         member = self._join(user, permissions, nick=nick, roles=roles, role_name=None)
 
@@ -425,9 +425,7 @@ class Guild:
         for role in self.roles[1:]:
             if role.permissions == permissions and role.bot_id is None:
                 return role
-        from . import permissions as presets
-
-        names = {presets.MEMBER: "Members", presets.MODERATOR: "Moderators", ADMIN: "Admins"}
+        names = {MEMBER: "Members", MODERATOR: "Moderators", ADMIN: "Admins"}
         role = Role(
             self.standin.snowflakes.next(),
             self,
