@@ -100,7 +100,6 @@ class QuotaKeeper:
         self._probe_interval = probe_interval
 
         self._probed: Quota | None = None  # the last GET /3/credits, as a Quota
-        self._probed_once = False
         self._last_probe_at: float | None = None
         self._probe_wanted = False
         self._probe_after: float | None = None
@@ -213,17 +212,15 @@ class QuotaKeeper:
     def probe_at(self) -> float | None:
         """When ``probe()`` should next run before uploads go on; None when not needed.
 
-        Wanted after a 429, before the first upload (nothing is known yet), and every
-        ``probe_interval`` while the daily budget is spent, since Imgur does not say when it
-        refills.
+        Wanted after a 429, and every ``probe_interval`` while the daily budget is spent,
+        since Imgur does not say when it refills. Before the first answer nothing is known,
+        and uploads go one at a time until an answer tells the budgets.
         """
         last = self._last_probe_at
         if self._probe_wanted:
             due = self._clock() if last is None else last + self._retry_interval
             return max(due, self._probe_after or 0.0)
         view = self.view()
-        if view.observed_at is None:
-            return None if self._probed_once else self._clock()
         if view.client_remaining is not None and view.client_remaining - self._floor < self._cost:
             return self._clock() if last is None else last + self._probe_interval
         return None
@@ -236,7 +233,6 @@ class QuotaKeeper:
     async def probe(self) -> None:
         """Ask Imgur for the credits left (``GET /3/credits`` costs none)."""
         now = self._clock()
-        self._probed_once = True
         self._last_probe_at = now
         try:
             credits = await self._imgur.credits()

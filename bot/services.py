@@ -13,6 +13,7 @@ from bot.imgur import ImgurClient
 from bot.ledger import Ledger
 from bot.media import MediaLimits
 from bot.pipeline import Pipeline
+from bot.quota import QuotaKeeper
 from bot.scheduler import Scheduler
 from bot.settings import Settings
 from bot.sources import Fetcher
@@ -51,11 +52,18 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             api_url=settings.imgur_api_url,
             access_token=settings.imgur_access_token,
         )
+        scheduler = Scheduler(
+            workers=settings.upload_workers,
+            queue_limit=settings.queue_limit,
+            member_cooldown=settings.member_cooldown,
+            quota=QuotaKeeper(imgur, reserve=settings.quota_reserve),
+        )
+        stack.push_async_callback(scheduler.close)
         pipeline = Pipeline(
             imgur=imgur,
             ledger=ledger,
             fetcher=Fetcher(fetch_session, allow_private=settings.allow_private_urls),
-            scheduler=Scheduler(workers=settings.upload_workers, queue_limit=settings.queue_limit),
+            scheduler=scheduler,
             limits=MediaLimits(image=settings.max_image_bytes, video=settings.max_video_bytes),
         )
         await pipeline.reconcile()

@@ -507,21 +507,26 @@ async def test_a_429_pauses_every_upload_until_its_reset(time: FakeTime) -> None
     await queue.finish_all()
 
 
-async def test_the_quota_is_checked_before_the_first_upload(time: FakeTime) -> None:
+async def test_a_spent_quota_unknown_at_start_costs_one_429_at_most(time: FakeTime) -> None:
     imgur = FakeImgur(time, user_remaining=0, seen=False)  # spent, and the bot does not know
     scheduler = quota_scheduler(time, imgur)
     queue = Queue(scheduler, imgur)
-    queue.start("first", origin())
+    for n in range(3):
+        queue.start(f"upload {n}", origin(guild=n, member=n))
+    await until(lambda: len(queue.order) == 1)
     await settle()
+    assert len(queue.order) == 1  # nothing known: one upload alone finds out
 
-    assert imgur.probes == 1
-    assert queue.order == []
-    assert scheduler.resume_at == imgur.user_reset + 5.0
+    await queue.finish(queue.order[0])
+    await settle()
+    assert isinstance(queue.jobs[queue.order[0]].error, ImgurRateLimited)
+    assert len(queue.order) == 1
+    assert scheduler.resume_at == imgur.user_reset
 
-    await time.advance(3605)
-    await until(lambda: queue.order == ["first"])
+    await time.advance(imgur.user_reset - time.now)
     await queue.finish_all()
-    assert imgur.over_limit == 0
+    assert len(queue.order) == 3
+    assert imgur.over_limit == 1
 
 
 async def test_unknown_quota_lets_one_upload_through_at_a_time(time: FakeTime) -> None:
