@@ -293,6 +293,9 @@ async def run_bot(settings: Settings) -> int:
     """Run the bot until SIGINT or SIGTERM; 0 after a clean shutdown, 1 if it cannot run."""
     token = settings.require_discord_token()
     point_at_discord(settings)
+    # The bot never joins voice; discord.py would warn at start-up about missing voice libraries.
+    discord.VoiceClient.warn_nacl = False
+    discord.VoiceClient.warn_dave = False
     stop = asyncio.Event()
     installed = _install_signal_handlers(stop)
 

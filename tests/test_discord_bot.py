@@ -1,0 +1,377 @@
+"""The bot itself: the central error handler, private answers, shutdown and start-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import discord
+import pytest
+import yarl
+from discord import app_commands
+
+from bot import discord_bot
+from bot.discord_bot import (
+    GENERIC_FAILURE,
+    PORTAL_HINT,
+    PUBLIC_ANSWER,
+    RehostBot,
+    ShuttingDown,
+    answer_privately,
+    explain,
+    point_at_discord,
+    run_bot,
+    wanted_intents,
+)
+from bot.errors import NotPermitted
+from bot.imgur import ImgurRateLimited, ImgurUnavailable
+from bot.media import MediaTooLarge, UnsupportedMedia
+from bot.settings import Settings
+from tests.discord_mocks import Channels, http_error, make_channel, make_guild, make_member
+from tests.discord_mocks import make_interaction as _make_interaction
+from tests.discord_standin import DiscordStandIn
+from tests.imgur_standin import ImgurStandIn
+
+MESSAGE_CONTENT = 1 << 15
+PROJECT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def bot() -> RehostBot:
+    return RehostBot(Settings(imgur_client_id="test-client-id"), extensions=(), sync_commands=False)
+
+
+def make_interaction(bot: RehostBot) -> tuple[Any, Any]:
+    channel = make_channel(make_guild())
+    return _make_interaction(
+        bot, Channels(), user=make_member(channel.guild), channel=channel, permissions=None
+    )
+
+
+@pytest.fixture
+def restore_endpoints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """run_bot points discord.py elsewhere; put the real endpoints back afterwards."""
+    monkeypatch.setattr(discord.http.Route, "BASE", discord.http.Route.BASE)
+    gateway = discord.gateway.DiscordWebSocket
+    monkeypatch.setattr(gateway, "DEFAULT_GATEWAY", gateway.DEFAULT_GATEWAY)
+
+
+# --- the central error handler ------------------------------------------------------------
+
+
+def invoke_error(error: Exception) -> app_commands.CommandInvokeError:
+    command = app_commands.Command(name="imgur", description="x", callback=_callback)
+    return app_commands.CommandInvokeError(command, error)
+
+
+async def _callback(interaction: discord.Interaction[Any]) -> None:
+    return None
+
+
+@pytest.mark.parametrize(
+    ("error", "sentence"),
+    [
+        (
+            invoke_error(MediaTooLarge("The file is 30.0 MB; images may be at most 20 MB.")),
+            "The file is 30.0 MB; images may be at most 20 MB.",
+        ),
+        (
+            invoke_error(UnsupportedMedia("That is not an image or video Imgur accepts.")),
+            "That is not an image or video Imgur accepts.",
+        ),
+        (
+            invoke_error(ImgurRateLimited(1_700_000_000)),
+            "Imgur's upload quota is spent until <t:1700000000:t> (<t:1700000000:R>); "
+            "try again then.",
+        ),
+        (
+            invoke_error(ImgurRateLimited(None)),
+            "Imgur's upload quota is spent; try again later.",
+        ),
+        (
+            invoke_error(ImgurUnavailable("Imgur is not answering right now; try again later.")),
+            "Imgur is not answering right now; try again later.",
+        ),
+        (
+            invoke_error(NotPermitted("You may not delete this.")),
+            "You may not delete this.",
+        ),
+        (
+            app_commands.MissingPermissions(["manage_guild"]),
+            "You need the Manage Server permission for this.",
+        ),
+        (
+            app_commands.MissingPermissions(["manage_messages"]),
+            "You need the Manage Messages permission for this.",
+        ),
+        (
+            app_commands.BotMissingPermissions(["send_messages"]),
+            "I need the Send Messages permission here.",
+        ),
+        (
+            app_commands.NoPrivateMessage(),
+            "This works only in a server, not in direct messages.",
+        ),
+        (
+            app_commands.CheckFailure(),
+            "You may not use this command here.",
+        ),
+    ],
+)
+def test_each_known_failure_becomes_one_sentence(
+    bot: RehostBot, error: app_commands.AppCommandError, sentence: str
+) -> None:
+    interaction, _ = make_interaction(bot)
+
+    assert explain(interaction, error) == sentence
+
+
+def test_an_unexpected_error_is_logged_with_its_traceback_and_told_generically(
+    bot: RehostBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    interaction, _ = make_interaction(bot)
+    try:
+        raise KeyError("secret detail")
+    except KeyError as exc:
+        error = invoke_error(exc)
+
+    assert explain(interaction, error) == GENERIC_FAILURE
+
+    (record,) = caplog.records
+    assert record.levelno == logging.ERROR
+    assert record.exc_info is not None
+    assert record.exc_info[2] is not None  # the traceback is in the log
+    assert "secret detail" not in GENERIC_FAILURE
+
+
+async def test_the_tree_answers_errors_privately(bot: RehostBot) -> None:
+    interaction, talk = make_interaction(bot)
+
+    await bot.tree.on_error(interaction, app_commands.CheckFailure())
+
+    assert [(s.how, s.ephemeral) for s in talk.said] == [("send_message", True)]
+
+
+async def test_an_error_that_cannot_be_told_is_logged(
+    bot: RehostBot, caplog: pytest.LogCaptureFixture
+) -> None:
+    interaction, _ = make_interaction(bot)
+    interaction.response.send_message.side_effect = http_error(discord.NotFound, 404, "Unknown")
+
+    await bot.tree.on_error(interaction, app_commands.CheckFailure())
+
+    assert "could not tell the user" in caplog.records[-1].getMessage()
+
+
+# --- answering privately ------------------------------------------------------------------
+
+
+async def test_a_private_answer_after_a_private_deferral_is_a_followup(bot: RehostBot) -> None:
+    interaction, talk = make_interaction(bot)
+    await interaction.response.defer(ephemeral=True, thinking=True)
+
+    await answer_privately(interaction, "nope")
+
+    assert not talk.original_deleted
+    assert [(s.how, s.text, s.ephemeral) for s in talk.said] == [("followup", "nope", True)]
+
+
+async def test_a_private_answer_after_a_public_deferral_removes_the_public_one_first(
+    bot: RehostBot,
+) -> None:
+    interaction, talk = make_interaction(bot)
+    await discord_bot.defer_publicly(interaction)
+
+    await answer_privately(interaction, "nope")
+
+    assert interaction.extras[PUBLIC_ANSWER] is False
+    assert talk.original_deleted
+    assert [(s.how, s.ephemeral) for s in talk.said] == [("followup", True)]
+
+
+# --- intents and endpoints ----------------------------------------------------------------
+
+
+def test_the_bot_asks_for_guilds_guild_messages_and_message_content_only() -> None:
+    intents = wanted_intents()
+
+    assert intents == discord.Intents(guilds=True, guild_messages=True, message_content=True)
+    assert not wanted_intents(message_content=False).message_content
+
+
+@pytest.mark.usefixtures("restore_endpoints")
+def test_discord_endpoints_follow_the_settings() -> None:
+    settings = Settings(
+        imgur_client_id="x",
+        discord_api_url="http://127.0.0.1:9/api/v10",
+        discord_gateway_url="ws://127.0.0.1:9",
+    )
+
+    point_at_discord(settings)
+
+    assert discord.http.Route.BASE == "http://127.0.0.1:9/api/v10"
+    gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    assert gateway == yarl.URL("ws://127.0.0.1:9/")
+
+
+# --- shutting down ------------------------------------------------------------------------
+
+
+async def test_closing_waits_for_uploads_in_flight_and_refuses_new_work(bot: RehostBot) -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def upload() -> None:
+        async with bot.working():
+            entered.set()
+            await release.wait()
+
+    async with bot:
+        work = asyncio.create_task(upload())
+        await entered.wait()
+        closing = asyncio.create_task(bot.close())
+        while not bot.closing:
+            await asyncio.sleep(0)
+
+        with pytest.raises(ShuttingDown):
+            async with bot.working():
+                pass
+        assert not closing.done()
+
+        release.set()
+        await asyncio.wait_for(closing, 30)
+        await work
+    assert bot.is_closed()
+
+
+# --- running against a local Discord ------------------------------------------------------
+
+
+@pytest.fixture
+async def imgur() -> AsyncIterator[ImgurStandIn]:
+    async with ImgurStandIn() as imgur:
+        yield imgur
+
+
+def settings_for(standin: DiscordStandIn, imgur: ImgurStandIn, tmp_path: Path) -> Settings:
+    return Settings(
+        imgur_client_id="test-client-id",
+        discord_token="bot-token",
+        database_path=tmp_path / "ledger.sqlite3",
+        imgur_api_url=imgur.url,
+        discord_api_url=standin.api_url,
+        discord_gateway_url=standin.gateway_url,
+    )
+
+
+async def run_until_synced(standin: DiscordStandIn, settings: Settings) -> int:
+    """Start the bot, wait until its commands are synced and it is ready, then SIGINT it."""
+    running = asyncio.create_task(run_bot(settings))
+    try:
+        await standin.wait_for_commands("imgur", "Rehost to Imgur", timeout=30)
+        await standin.wait_until_ready(timeout=30)
+    except BaseException:
+        running.cancel()
+        raise
+    os.kill(os.getpid(), signal.SIGINT)
+    return await asyncio.wait_for(running, 60)
+
+
+@pytest.mark.usefixtures("restore_endpoints")
+async def test_the_bot_starts_syncs_its_commands_and_stops_cleanly_on_sigint(
+    imgur: ImgurStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="bot")
+    async with DiscordStandIn(token="bot-token") as standin:
+        status = await run_until_synced(standin, settings_for(standin, imgur, tmp_path))
+
+        assert standin.identify_payload is not None
+        assert standin.identify_payload["intents"] & MESSAGE_CONTENT
+    names = {c["name"] for c in standin.commands}
+
+    assert status == 0
+    assert {"imgur", "imgur-auto", "imgur-delete", "imgur-status", "imgur-history"} <= names
+    assert {"Rehost to Imgur", "imgur-settings"} <= names
+    assert any("stopped cleanly" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.usefixtures("restore_endpoints")
+async def test_a_refused_content_intent_gives_one_warning_and_the_bot_keeps_running(
+    imgur: ImgurStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with DiscordStandIn(token="bot-token", message_content_allowed=False) as standin:
+        status = await run_until_synced(standin, settings_for(standin, imgur, tmp_path))
+
+        assert standin.identify_payload is not None
+        assert not standin.identify_payload["intents"] & MESSAGE_CONTENT
+
+    assert status == 0
+    warnings = [
+        r for r in caplog.records if r.levelno == logging.WARNING and r.name == "bot.discord_bot"
+    ]
+    assert len(warnings) == 1
+    assert PORTAL_HINT in warnings[0].getMessage()
+
+
+@pytest.mark.usefixtures("restore_endpoints")
+async def test_a_refused_token_fails_with_one_line(
+    imgur: ImgurStandIn, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with DiscordStandIn(token="the-real-token") as standin:
+        status = await asyncio.wait_for(run_bot(settings_for(standin, imgur, tmp_path)), 60)
+
+    assert status == 1
+    (error,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert error.getMessage().startswith("DISCORD_TOKEN was refused by Discord")
+    assert "bot-token" not in error.getMessage()
+
+
+async def test_python_m_bot_starts_and_stops_cleanly_on_sigterm(
+    imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    async with DiscordStandIn(token="bot-token") as standin:
+        env = {
+            "PATH": os.environ.get("PATH", ""),
+            "PYTHONPATH": str(PROJECT),
+            "DISCORD_TOKEN": "bot-token",
+            "IMGUR_CLIENT_ID": "test-client-id",
+            "IMGUR_API_URL": imgur.url,
+            "DISCORD_API_URL": standin.api_url,
+            "DISCORD_GATEWAY_URL": standin.gateway_url,
+            "DATABASE_PATH": str(tmp_path / "ledger.sqlite3"),
+            "PYTHONWARNINGS": "error::ResourceWarning",
+        }
+        process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-X",
+            "dev",
+            "-m",
+            "bot",
+            "run",
+            cwd=tmp_path,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        try:
+            await standin.wait_for_commands("imgur", timeout=60)
+            await standin.wait_until_ready(timeout=60)
+        except BaseException:
+            process.kill()
+            await process.communicate()
+            raise
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), 60)
+
+    log = stderr.decode()
+    assert process.returncode == 0, log
+    assert "stopped cleanly" in log
+    assert "Unclosed" not in log
+    assert "Traceback" not in log
+    assert "bot-token" not in log
