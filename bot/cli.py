@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -83,6 +84,7 @@ async def _dispatch(command: str, args: argparse.Namespace, settings: Settings) 
         return await serve(settings)
 
     async with open_services(settings) as services:
+        _warn_interrupted(services)
         if command == "upload":
             return await _upload(services, args.paths, args.title)
         if command == "delete":
@@ -92,20 +94,63 @@ async def _dispatch(command: str, args: argparse.Namespace, settings: Settings) 
         return await _check(services)
 
 
+def _warn_interrupted(services: Services) -> None:
+    """One line per upload a crash left unfinished, so nobody's file is dropped silently."""
+    for upload, origin in services.pipeline.interrupted:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(upload.created_at))
+        name = _shown(origin.filename or "a file")
+        print(
+            f"warning: the upload of {name} ({origin.door}, started {when}) was interrupted "
+            "before Imgur answered; it has no link: upload it again",
+            file=sys.stderr,
+        )
+
+
 async def _upload(services: Services, paths: Sequence[Path], title: str | None) -> int:
+    # SIGINT or SIGTERM lets the file in flight finish, so Imgur's answer (and with it the
+    # deletehash) is recorded rather than lost with the process; a second signal stops at once.
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        stopping.set()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        return await _upload_each(services, paths, title, stopping)
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+async def _upload_each(
+    services: Services, paths: Sequence[Path], title: str | None, stopping: asyncio.Event
+) -> int:
     status = OK
-    for path in paths:
+    for index, path in enumerate(paths):
+        if stopping.is_set():
+            for skipped in paths[index:]:
+                print(f"error: {_shown(skipped)}: stopped before it was uploaded", file=sys.stderr)
+            return FAILED
         origin = Origin(door="cli", filename=path.name, title=title)
         try:
             rehost = await services.pipeline.rehost(
                 FileSource(path), origin, on_progress=_progress_printer(path.name)
             )
         except RehostError as exc:
-            print(f"error: {path}: {exc.user_message}", file=sys.stderr)
+            print(f"error: {_shown(path)}: {exc.user_message}", file=sys.stderr)
             status = FAILED
             continue
         print(rehost.upload.link, flush=True)
     return status
+
+
+def _shown(path: Path | str) -> str:
+    """A path fit for one line of a terminal: control and bidi characters escaped."""
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(path))
 
 
 async def _delete(services: Services, target: str) -> int:

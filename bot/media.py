@@ -11,7 +11,10 @@ from bot.errors import RehostError
 # Enough to see an APNG's acTL chunk or a GIF's looping extension behind large colour tables
 # or ICC profiles, which come before the first frame.
 SNIFF_BYTES = 64 * 1024
+# Enough of a file's end to find a ZIP end record behind the longest archive comment.
+TAIL_BYTES = 22 + 65535
 MB = 1024 * 1024
+_ZIP_END = b"PK\x05\x06"
 
 
 class MediaError(RehostError):
@@ -120,11 +123,32 @@ def sniff(head: bytes) -> MediaType:
 
 
 def check_ending(media_type: MediaType, tail: bytes) -> None:
-    """Refuse a file whose last bytes show that it was cut short (or carries a payload)."""
+    """Refuse a file whose last bytes show that it was cut short (or carries a payload).
+
+    ``tail`` is up to ``TAIL_BYTES`` from the end of the file.
+    """
+    if _ends_with_zip(tail):
+        # An image with an archive behind it is a polyglot (a "GIFAR"): readers that look
+        # at the end see a ZIP (or JAR) and would open it.
+        raise UnsupportedMedia(
+            f"That {media_type.label} has a ZIP archive hidden after it; send the file alone."
+        )
     if media_type.mime == "image/png" and not tail.endswith(b"IEND\xaeB`\x82"):
         raise TruncatedMedia("The PNG file is incomplete or has data after its end.")
     if media_type.mime == "image/gif" and not tail.rstrip(b"\x00").endswith(b"\x3b"):
         raise TruncatedMedia("The GIF file is incomplete.")
+
+
+def _ends_with_zip(tail: bytes) -> bool:
+    """Whether ``tail`` ends with a ZIP end-of-central-directory record (and its comment)."""
+    position = tail.rfind(_ZIP_END)
+    while position != -1:
+        if position + 22 <= len(tail):
+            (comment_length,) = struct.unpack("<H", tail[position + 20 : position + 22])
+            if position + 22 + comment_length == len(tail):
+                return True
+        position = tail.rfind(_ZIP_END, 0, position)
+    return False
 
 
 def _png_is_animated(head: bytes) -> bool:

@@ -22,6 +22,8 @@ from bot.sources import Fetcher, ProgressCallback, Source, UrlSource
 
 log = logging.getLogger(__name__)
 
+INTERRUPTED = "interrupted by a restart"
+
 
 class Pipeline:
     """Turns sources into recorded Imgur uploads, and recorded uploads back into nothing."""
@@ -43,6 +45,8 @@ class Pipeline:
         self.limits = limits
         self._spool_dir = spool_dir
         self._same_bytes: dict[str, asyncio.Lock] = {}
+        # What the last reconcile() closed, so a door can tell whoever asked (see reconcile).
+        self.interrupted: list[tuple[Upload, Origin]] = []
 
     def url_source(
         self, url: str, *, filename: str = "", declared_size: int | None = None
@@ -208,11 +212,14 @@ class Pipeline:
         """Settle uploads left pending by a crash; returns them so their askers can be told.
 
         Whether Imgur received such an upload is unknown and its deletehash was never seen,
-        so the record is closed as interrupted.
+        so the record is closed as interrupted; its sha256 and size stay on record. The list
+        is also kept in ``interrupted`` for doors that open the services through
+        ``open_services``, which runs this at start.
         """
         interrupted = await self.ledger.pending_uploads()
         for upload, _origin in interrupted:
-            await self.ledger.abandon_upload(upload.id, "interrupted by a restart")
+            await self.ledger.abandon_upload(upload.id, INTERRUPTED)
         if interrupted:
             log.warning("closed %d uploads interrupted by a restart", len(interrupted))
+        self.interrupted = interrupted
         return interrupted

@@ -108,7 +108,10 @@ class UrlSource:
 
     def __post_init__(self) -> None:
         if not self.filename:
-            name = URL(self.url).name if "://" in self.url else ""
+            try:
+                name = URL(self.url).name if "://" in self.url else ""
+            except ValueError:
+                name = ""  # a malformed link; fetching it says so
             object.__setattr__(self, "filename", name or "download")
 
     def chunks(self) -> AsyncIterator[bytes]:
@@ -118,8 +121,15 @@ class UrlSource:
 def is_public_address(address: str) -> bool:
     """Whether ``address`` is a global unicast address that is safe to connect to."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_site_local:
+            return False  # deprecated, yet still routed inside some networks
+        # An IPv4 address inside an IPv6 one (mapped, or a 6to4 tunnel end) must pass too.
+        embedded = ip.ipv4_mapped or ip.sixtofour
+        if embedded is not None and not is_public_address(str(embedded)):
+            return False
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     return ip.is_global and not (ip.is_multicast or ip.is_reserved or ip.is_unspecified)
 
 
@@ -197,7 +207,10 @@ class Fetcher:
                         location = response.headers.get("Location")
                         if not location:
                             raise SourceError("The link redirects nowhere.")
-                        target = target.join(URL(location))
+                        try:
+                            target = target.join(URL(location))
+                        except ValueError as exc:
+                            raise SourceError("The link redirects to an invalid address.") from exc
                         continue
                     if response.status != 200:
                         raise SourceError(
@@ -208,6 +221,10 @@ class Fetcher:
                     return
             except aiohttp.ClientPayloadError as exc:
                 raise media.TruncatedMedia("The download was cut short; try again.") from exc
+            except aiohttp.InvalidURL as exc:
+                # aiohttp refuses hosts such as "2130706433" or "127.1" that only some
+                # resolvers read as addresses: the link is refused before any lookup.
+                raise SourceError("That is not a valid link.") from exc
             except (aiohttp.ClientError, TimeoutError) as exc:
                 raise SourceError(
                     "The link could not be downloaded (connection failed or timed out)."
@@ -252,7 +269,7 @@ class Spool:
     def absorb(self, data: bytes) -> None:
         """Hash and store ``data``; blocking, so called from a worker thread."""
         self._hash.update(data)
-        self._tail = (self._tail + data[-16:])[-16:]
+        self._tail = (self._tail + data[-media.TAIL_BYTES :])[-media.TAIL_BYTES :]
         if self._file is None and len(self._memory) + len(data) > MEMORY_SPOOL_LIMIT:
             handle, name = tempfile.mkstemp(prefix="rehost-", dir=self._directory)
             self._path = Path(name)
@@ -312,6 +329,11 @@ async def spool(
         async for chunk in source.chunks():
             batch += chunk
             result.size += len(chunk)
+            if declared is not None and result.size > declared:
+                # Stop at the first byte too many, not at the limit of the kind.
+                raise SourceError(
+                    f"The file is longer than the {declared} bytes announced; try again."
+                )
             if result.media_type is None:
                 if len(batch) < media.SNIFF_BYTES:
                     continue
