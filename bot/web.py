@@ -336,8 +336,13 @@ async def _post_upload(request: web.Request) -> web.Response:
 
     upload = rehost.upload
     log.debug("HTTP upload answered with %s (reused: %s)", upload.imgur_id, rehost.reused)
+    # The deletehash goes only to the door that made the upload: the same bytes posted first
+    # on Discord belong to that member, and this caller must not be able to delete them.
+    earlier = await services.ledger.rehosts_of(upload.id, live_only=False)
+    first = min(earlier, key=lambda r: r.created_at, default=rehost)
+    deletehash = upload.deletehash if first.origin.door == "http" else None
     return web.json_response(
-        {"imageUrl": upload.link, "id": upload.imgur_id, "deletehash": upload.deletehash}
+        {"imageUrl": upload.link, "id": upload.imgur_id, "deletehash": deletehash}
     )
 
 

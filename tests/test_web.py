@@ -40,7 +40,7 @@ from bot.media import EmptyMedia, MediaTooLarge, TruncatedMedia, UnsupportedMedi
 from bot.scheduler import QueueFull
 from bot.services import Services, open_services
 from bot.settings import Settings
-from bot.sources import BlockedAddress, FileSource, SourceError
+from bot.sources import BlockedAddress, FileSource, SourceError, StreamSource
 from bot.web import create_app, serve, start_web, status_for
 from tests import samples
 from tests.conftest import WebFiles
@@ -99,7 +99,8 @@ def validate(document: dict[str, Any], schema: dict[str, Any], value: object, at
     if "enum" in schema:
         assert value in schema["enum"], f"{at}: {value!r} not in {schema['enum']}"
     if "type" in schema:
-        assert _TYPES[schema["type"]](value), f"{at}: {value!r} is not {schema['type']}"
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        assert any(_TYPES[t](value) for t in types), f"{at}: {value!r} is not {types}"
     if isinstance(value, str):
         assert len(value) >= schema.get("minLength", 0), f"{at}: {value!r} is too short"
         assert len(value) <= schema.get("maxLength", len(value)), f"{at}: {value!r} is too long"
@@ -262,6 +263,25 @@ async def test_the_same_file_twice_calls_imgur_once(
     assert imgur.upload_calls == 1
     rehosts = await endpoint.services.ledger.recent_rehosts(door="http")
     assert [r.reused for r in rehosts] == [True, False]
+
+
+async def test_bytes_first_posted_elsewhere_come_back_without_their_deletehash(
+    endpoint: Endpoint, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=12)
+    member = Origin(door="discord", guild_id=1, owner_id=7)
+    await endpoint.services.pipeline.rehost(StreamSource(_once(data), "cat.png"), member)
+
+    answer = await endpoint.upload(data, "cat.png")
+
+    assert answer.status == 200
+    assert answer.body["deletehash"] is None
+    assert answer.body["id"] in imgur.images
+    assert imgur.upload_calls == 1
+
+
+async def _once(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def test_a_file_streamed_without_a_length_arrives_whole(
