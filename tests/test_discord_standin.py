@@ -169,6 +169,7 @@ async def test_ready_fills_the_guild_cache(standin: DiscordStandIn, world: World
         assert guild is not None
         assert guild.chunked
         assert guild.member_count == len(world.guild.members) == len(guild.members)
+        assert bot.user is not None
         assert {m.name for m in guild.members} >= {"alice", "mod", bot.user.name}
         assert isinstance(guild.get_channel(world.media.id), discord.TextChannel)
         assert isinstance(guild.get_channel(world.forum.id), discord.ForumChannel)
@@ -476,7 +477,8 @@ async def test_slash_attachment_option_resolves_and_downloads(
         seen["can_manage"] = interaction.permissions.manage_messages
         seen["app_can_attach"] = interaction.app_permissions.attach_files
         seen["data"] = interaction.data
-        await interaction.response.send_message(f"got {file.filename}")
+        receipt = discord.File(io.BytesIO(b"receipt"), "receipt.txt")
+        await interaction.response.send_message(f"got {file.filename}", file=receipt)
 
     bot = command_bot(handler)
     image = png_bytes(4, 4)
@@ -501,6 +503,8 @@ async def test_slash_attachment_option_resolves_and_downloads(
     assert seen["data"]["options"][0]["value"] == str(file.id)
     assert (handle.callback_type, handle.deferred, handle.ephemeral) == (4, False, False)
     assert handle.response_content == "got shot.png"
+    assert handle.original is not None
+    assert [a.read_bytes() for a in handle.original.attachments] == [b"receipt"]
     assert handle.visible_messages().channel == [handle.original]
 
 

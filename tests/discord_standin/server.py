@@ -218,7 +218,7 @@ class DiscordStandIn:
     async def wait_until(
         self, predicate: Callable[[], T | None], timeout: float = 10.0, what: str = "a condition"
     ) -> T:
-        """Wait until ``predicate()`` is truthy (re-checked whenever the stand-in changes)."""
+        """Wait until ``predicate()`` is truthy; return its value or raise ``TimeoutError``."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
@@ -230,7 +230,9 @@ class DiscordStandIn:
                 raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
             waiter = loop.create_future()
             self._waiters.append(waiter)
-            await asyncio.wait([waiter], timeout=remaining)
+            # Woken by every change; the short cap also catches conditions that follow the
+            # clock alone (an interaction that passed its 3 second window).
+            await asyncio.wait([waiter], timeout=min(remaining, 0.25))
 
     # -- world building -----------------------------------------------------------------------
 
