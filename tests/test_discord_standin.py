@@ -927,3 +927,42 @@ async def test_gateway_rejects_a_wrong_token_and_a_stale_session(standin: Discor
             await ws.receive_json(timeout=STEP)
             await ws.send_json({"op": 6, "d": {"token": TOKEN, "session_id": "gone", "seq": 3}})
             assert await ws.receive_json(timeout=STEP) == {"op": 9, "d": False}
+
+
+@pytest.mark.parametrize("how", ["close 1001", "opcode 7"])
+async def test_bot_resumes_after_going_away_or_a_reconnect_request(
+    standin: DiscordStandIn, world: World, how: str
+) -> None:
+    bot = make_bot()
+    async with connected(bot):
+        if how == "opcode 7":
+            await standin.send_reconnect()
+        else:
+            await standin.disconnect(1001)
+        await standin.wait_for_resume(STEP)
+
+        received = await started(expect(bot, "message"))
+        await standin.post_message(world.media, world.alice, "still here")
+        assert (await asyncio.wait_for(received, STEP)).content == "still here"
+
+    assert [c.kind for c in standin.connections] == ["identify", "resume"]
+
+
+async def test_user_command_resolves_its_target(standin: DiscordStandIn, world: World) -> None:
+    seen: dict[str, discord.Member | discord.User] = {}
+
+    async def uploads_of(interaction: discord.Interaction, member: discord.Member) -> None:
+        seen["target"] = member
+        await interaction.response.send_message("none yet", ephemeral=True)
+
+    bot = make_bot()
+    bot.tree.add_command(app_commands.ContextMenu(name="Uploads", callback=uploads_of))
+    async with connected(bot):
+        await bot.tree.sync()
+        handle = await standin.invoke_user_command("Uploads", world.mod, world.alice, world.media)
+        await handle.wait_done(STEP)
+
+    target = seen["target"]
+    assert isinstance(target, discord.Member)
+    assert target.id == world.alice.id
+    assert handle.response_content == "none yet"

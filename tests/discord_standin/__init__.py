@@ -37,8 +37,10 @@ Driving a conversation (each call returns once the event reached the bot's socke
     handle.errors                     # e.g. [ApiErrorRecord(404, 10062, "Unknown interaction")]
     menu = await standin.invoke_message_command("Rehost on Imgur", alice, msg)
     choices = await standin.invoke_autocomplete("imgur", alice, media, {"query": "ca"}, "query")
+    await standin.invoke_user_command("Uploads", alice, target=mod, channel=media)
     await standin.use_component(bot_message, alice, "confirm")       # buttons, selects
-    await standin.submit_modal(handle, {"reason": "spam"})
+    await standin.submit_modal(handle, {"Reason": "spam"})           # custom_id or label
+    await standin.edit_message(msg, "new text")                      # MESSAGE_UPDATE
     await standin.delete_message(msg)     # MESSAGE_DELETE; its CDN links now answer 404
     await standin.bulk_delete([m1, m2])   # MESSAGE_DELETE_BULK
 
@@ -64,6 +66,7 @@ Faults and inspection::
 
     await standin.disconnect(4000)               # resumable; resumable=False ends the session
     await standin.wait_for_resume()
+    standin.hold_gateway(); standin.release_gateway()   # an outage: no HELLO meanwhile
     await standin.send_reconnect()               # opcode 7
     standin.inject_rate_limit("POST /channels/{channel_id}/messages", retry_after=0.2)
     standin.inject_error("POST /channels/{channel_id}/messages", 500, count=2)
@@ -74,6 +77,7 @@ Faults and inspection::
     standin.channel_messages(media)              # what the bot posted there (deleted flagged)
     standin.commands, standin.guild_commands(guild), standin.identify_payload
     standin.connections, standin.session, standin.interactions
+    standin.internal_errors                      # stand-in bugs (answered 503): assert empty
 
 Wrong use by a test (unknown option, a user who may not post, a command never synced) raises
 :class:`StandInUsageError` instead of sending Discord something it would never send.

@@ -710,11 +710,11 @@ def _snowflake(raw: str) -> int:
         raise form_error(["id"], "NUMBER_TYPE_COERCE", "Value is not a valid snowflake.") from None
 
 
-def _channel(standin: DiscordStandIn, req: RecordedRequest, *, view: bool = True) -> Channel:
+def _channel(standin: DiscordStandIn, req: RecordedRequest) -> Channel:
     channel = standin.channels.get(_snowflake(req.params["channel_id"]))
     if channel is None:
         raise ApiError(404, 10003, "Unknown Channel")
-    if view and not standin.bot_permissions_in(channel) & P.VIEW_CHANNEL:
+    if not standin.bot_permissions_in(channel) & P.VIEW_CHANNEL:
         raise missing_access()
     return channel
 
@@ -1044,15 +1044,10 @@ def _interaction_message(
     flags = (body.flags or 0) & (
         FLAG_EPHEMERAL | FLAG_LOADING | FLAG_SUPPRESS_EMBEDS | FLAG_SUPPRESS_NOTIFICATIONS
     )
-    if original:
-        kind = (
-            MessageType.CONTEXT_MENU_COMMAND
-            if handle.payload["data"].get("type", 1) in (2, 3)
-            and handle.type == ix.APPLICATION_COMMAND
-            else MessageType.CHAT_INPUT_COMMAND
-        )
-    else:
-        kind = MessageType.DEFAULT
+    kind = MessageType.DEFAULT
+    if original and handle.type == ix.APPLICATION_COMMAND:
+        context_menu = handle.payload["data"].get("type", 1) in (2, 3)
+        kind = MessageType.CONTEXT_MENU_COMMAND if context_menu else MessageType.CHAT_INPUT_COMMAND
     attachments = store_uploads(standin, body, handle.channel, limit=limit)
     message = standin._new_message(
         handle.channel,
