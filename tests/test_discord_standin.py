@@ -182,7 +182,9 @@ async def test_ready_fills_the_guild_cache(standin: DiscordStandIn, world: World
     assert identify is not None
     assert identify["token"] == "<redacted>"
     assert identify["intents"] & discord.Intents.message_content.flag
-    assert standin.connections[0].query["encoding"] == "json"
+    query = standin.connections[0].query
+    assert (query["v"], query["encoding"]) == ("10", "json")
+    assert "compress" in query  # asked for, yet plain text frames are what it gets
 
 
 async def test_heartbeats_are_acknowledged() -> None:
@@ -399,6 +401,21 @@ async def test_rate_limited_send_is_retried(
         "global": is_global,
     }
     assert [m.content for m in standin.channel_messages(world.media)] == ["eventually"]
+
+
+async def test_injected_server_error_is_retried_by_discord_py(
+    standin: DiscordStandIn, world: World
+) -> None:
+    standin.inject_error("POST /channels/{channel_id}/messages", 500)
+    bot = make_bot()
+    async with connected(bot):
+        channel = bot.get_channel(world.media.id)
+        assert isinstance(channel, discord.TextChannel)
+        await channel.send("after one failure")
+
+    sends = [r for r in standin.requests if r.route == "POST /channels/{channel_id}/messages"]
+    assert [r.status for r in sends] == [500, 200]
+    assert [m.content for m in standin.channel_messages(world.media)] == ["after one failure"]
 
 
 # -- CDN ----------------------------------------------------------------------------------------
