@@ -51,6 +51,7 @@ CHUNK_SIZE: Final = 64 * 1024
 MAX_ANSWER_BYTES: Final = 1024 * 1024  # an API answer is a few KB; more is an error page
 MAX_REASON_CHARS: Final = 160
 UPLOAD_CREDITS: Final = 10  # what Imgur charges an upload, as its documentation states
+MAX_RESET_AHEAD: Final = 2 * 86400.0  # seconds; no quota of Imgur's refills later than this
 ALBUM_PRIVACY: Final = frozenset({"public", "hidden", "secret"})
 
 _DELETEHASH = re.compile(r"[A-Za-z0-9]{1,64}")
@@ -414,6 +415,8 @@ class ImgurClient:
         user_limit = _count_field(data, "UserLimit")
         user_remaining = _count_field(data, "UserRemaining")
         user_reset = _number_field(data, "UserReset")
+        if user_reset is not None and user_reset > self._clock() + MAX_RESET_AHEAD:
+            user_reset = None  # not a time Imgur's hourly window could mean
         client_limit = _count_field(data, "ClientLimit")
         client_remaining = _count_field(data, "ClientRemaining")
         if (
@@ -611,6 +614,12 @@ class ImgurClient:
         now = self._clock()
         post_wait = _header_number(headers, "X-Post-Rate-Limit-Reset", _SECONDS)
         user_reset = _header_number(headers, "X-RateLimit-UserReset", _SECONDS)
+        # Imgur's windows are an hour and a day; a reset further off is garbage (a proxy's,
+        # or a bug's), and believing it would pause uploads for years.
+        if post_wait is not None and post_wait > MAX_RESET_AHEAD:
+            post_wait = None
+        if user_reset is not None and user_reset > now + MAX_RESET_AHEAD:
+            user_reset = None
         seen = Quota(
             user_limit=_header_count(headers, "X-RateLimit-UserLimit"),
             user_remaining=_header_count(headers, "X-RateLimit-UserRemaining"),
@@ -655,7 +664,7 @@ class ImgurClient:
         if wait is not None:
             candidates.append(now + int(wait.group(1)) * _WAIT_UNITS[wait.group(2).lower()])
 
-        future = [reset for reset in candidates if reset > now]
+        future = [reset for reset in candidates if now < reset <= now + MAX_RESET_AHEAD]
         return max(future) if future else None
 
     # --- answers ------------------------------------------------------------------------
