@@ -774,7 +774,7 @@ async def test_buttons_and_modals_round_trip(standin: DiscordStandIn, world: Wor
         channel = bot.get_channel(world.media.id)
         assert isinstance(channel, discord.TextChannel)
         await channel.send("Delete the upload?", view=Confirm())
-        (prompt,) = standin.channel_messages(world.media)
+        prompt = await standin.wait_for_bot_message(world.media, timeout=STEP)
 
         kept = await standin.use_component(prompt, world.alice, "keep")
         await kept.wait_done(STEP)

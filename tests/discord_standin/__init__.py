@@ -75,6 +75,7 @@ Faults and inspection::
                                                  # files (name, size, data), status, response
     await standin.wait_for_request(lambda r: r.route == "POST /channels/{channel_id}/messages")
     standin.channel_messages(media)              # what the bot posted there (deleted flagged)
+    await standin.wait_for_bot_message(media, lambda m: "imgur.com" in m.content)
     standin.commands, standin.guild_commands(guild), standin.identify_payload
     standin.connections, standin.session, standin.interactions
     standin.internal_errors                      # stand-in bugs (answered 503): assert empty

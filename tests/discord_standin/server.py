@@ -22,7 +22,6 @@ from .permissions import BOT_DEFAULT, DM_PERMISSIONS
 from .permissions import Permission as P
 from .world import (
     DISCORD_EPOCH_MS,
-    FLAG_EPHEMERAL,
     Attachment,
     Channel,
     ChannelType,
@@ -149,6 +148,9 @@ class DiscordStandIn:
 
         self.cdn = Cdn(self, link_ttl=cdn_link_ttl)
         self.gateway = gw.Gateway(self, heartbeat_interval=heartbeat_interval)
+
+    def __repr__(self) -> str:
+        return f"<DiscordStandIn {self.base_url} guilds={len(self.guilds)}>"
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -822,6 +824,22 @@ class DiscordStandIn:
         """
         return [m for m in self.history(channel) if include_users or m.author is self.bot_user]
 
+    async def wait_for_bot_message(
+        self,
+        channel: Channel,
+        predicate: Callable[[Message], object] | None = None,
+        timeout: float = 10.0,
+    ) -> Message:
+        """The first message the bot posted in ``channel`` that matches, waiting for it."""
+
+        def found() -> Message | None:
+            for message in self.channel_messages(channel):
+                if predicate is None or predicate(message):
+                    return message
+            return None
+
+        return await self.wait_until(found, timeout, f"a bot message in #{channel.name}")
+
     # -- driving: messages --------------------------------------------------------------------
 
     def _author(self, channel: Channel, author: User | Member) -> User:
@@ -1335,4 +1353,4 @@ def _find_component(components: list[Payload], custom_id: str) -> Payload | None
     return None
 
 
-__all__ = ["FLAG_EPHEMERAL", "Clock", "DiscordStandIn", "Snowflakes"]
+__all__ = ["Clock", "DiscordStandIn", "Snowflakes"]
