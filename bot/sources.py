@@ -79,7 +79,7 @@ class FileSource:
         except OSError as exc:
             raise SourceError(f"Cannot read {self.path}: {exc.strerror}.") from exc
         try:
-            while chunk := await asyncio.to_thread(handle.read, CHUNK):
+            while chunk := await asyncio.to_thread(handle.read, BATCH):
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
@@ -281,6 +281,11 @@ class Spool:
         else:
             self._file.write(data)
 
+    def absorb_all(self, chunks: list[bytes]) -> None:
+        """``absorb`` each chunk in turn; blocking."""
+        for chunk in chunks:
+            self.absorb(chunk)
+
     def finish(self) -> None:
         """Flush the file; blocking."""
         if self._file is not None:
@@ -323,11 +328,16 @@ async def spool(
         media.check_size(declared, limits)
     result = Spool(source.filename, directory)
     pending: asyncio.Future[None] | None = None
-    batch = bytearray()
+    # Chunks go to a worker thread as they came, to be hashed and written there: the event
+    # loop never copies the bytes (copying megabytes on the loop stalled it for milliseconds).
+    batch: list[bytes] = []
+    batched = 0
+    head = b""
 
     try:
         async for chunk in source.chunks():
-            batch += chunk
+            batch.append(chunk)
+            batched += len(chunk)
             result.size += len(chunk)
             if declared is not None and result.size > declared:
                 # Stop at the first byte too many, not at the limit of the kind.
@@ -335,23 +345,24 @@ async def spool(
                     f"The file is longer than the {declared} bytes announced; try again."
                 )
             if result.media_type is None:
-                if len(batch) < media.SNIFF_BYTES:
+                head += chunk[: media.SNIFF_BYTES - len(head)]
+                if len(head) < media.SNIFF_BYTES:
                     continue
-                _identify(result, bytes(batch[: media.SNIFF_BYTES]), limits, declared)
+                _identify(result, head, limits, declared)
             media.check_size(result.size, limits, result.media_type)
             if on_progress is not None:
                 on_progress("download", result.size, declared)
-            if len(batch) >= BATCH:
+            if batched >= BATCH:
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb, bytes(batch)))
-                batch.clear()
+                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
+                batch, batched = [], 0
 
         if result.media_type is None:
-            _identify(result, bytes(batch), limits, declared)
+            _identify(result, head, limits, declared)
         if pending is not None:
             await pending
-        await asyncio.to_thread(_finish, result, bytes(batch))
+        await asyncio.to_thread(_finish, result, batch)
     except BaseException:
         if pending is not None:
             with contextlib.suppress(BaseException):
@@ -388,7 +399,6 @@ def clean_stem(filename: str) -> str:
     return kept.strip(" .")[:80] or "upload"
 
 
-def _finish(result: Spool, last: bytes) -> None:
-    if last:
-        result.absorb(last)
+def _finish(result: Spool, last: list[bytes]) -> None:
+    result.absorb_all(last)
     result.finish()
