@@ -175,6 +175,10 @@ async def answer_privately(interaction: discord.Interaction[Any], text: str) -> 
         with contextlib.suppress(discord.NotFound):
             await interaction.delete_original_response()
         interaction.extras[PUBLIC_ANSWER] = False
+    elif interaction.response.type is discord.InteractionResponseType.deferred_channel_message:
+        # A private "thinking…" (or progress) message: the sentence takes its place.
+        await interaction.edit_original_response(content=text)
+        return
     await interaction.followup.send(text, ephemeral=True)
 
 

@@ -61,9 +61,8 @@ class RehostMenu(commands.Cog):
                 )
 
             if await self._source_gone(message):
-                await interaction.followup.send(
-                    "That message was deleted meanwhile, so its copies were taken down too.",
-                    ephemeral=True,
+                await interaction.edit_original_response(
+                    content="That message was deleted meanwhile, so its copies were taken down too."
                 )
                 return
 
@@ -73,7 +72,8 @@ class RehostMenu(commands.Cog):
             lines += [
                 summarise_failure(display_name(o.item), o.failure) for o in outcomes if o.failure
             ]
-            await interaction.followup.send(fit(lines), ephemeral=True)
+            # Edited, not followed up: the private "thinking…" or progress note becomes the answer.
+            await interaction.edit_original_response(content=fit(lines))
 
     async def _source_gone(self, message: discord.Message) -> bool:
         """Whether the message was deleted while its files were on their way; if so, undo."""

@@ -287,17 +287,18 @@ def make_interaction(
     answered = {"done": False}
     original: dict[str, Any] = {}
 
-    def first(_: Any = None) -> None:
+    def first(kind: discord.InteractionResponseType) -> None:
         if answered["done"]:
             raise discord.InteractionResponded(interaction)
         answered["done"] = True
+        response.type = kind
 
     async def defer(*, ephemeral: bool = False, thinking: bool = False) -> None:
-        first()
+        first(discord.InteractionResponseType.deferred_channel_message)
         talk.deferred = ephemeral
 
     async def send_message(content: str | None = None, **fields: Any) -> None:
-        first()
+        first(discord.InteractionResponseType.channel_message)
         talk.said.append(Said("send_message", content or "", bool(fields.get("ephemeral"))))
 
     async def followup_send(content: str | None = None, **fields: Any) -> Any:
@@ -322,8 +323,13 @@ def make_interaction(
         talk.said.append(Said("edit", text, bool(talk.deferred)))
         channel_id = channel.id if channel is not None else 0
         if "posted" not in original:
-            original["posted"] = channels.post(channel_id, text)
-        posted = channels.posted[original["posted"].id]
+            if talk.deferred:  # private: only the person who asked sees it
+                original["posted"] = channels.as_message(Posted(snowflake(), channel_id, text))
+            else:
+                original["posted"] = channels.post(channel_id, text)
+        posted = channels.posted.get(original["posted"].id) or Posted(
+            original["posted"].id, channel_id, text
+        )
         posted.content = text
         answer = spec(discord.InteractionMessage)
         answer.id = posted.id
@@ -333,9 +339,10 @@ def make_interaction(
 
     async def delete_original_response() -> None:
         talk.original_deleted = True
-        if "posted" in original:
+        if "posted" in original and original["posted"].id in channels.posted:
             channels.posted[original["posted"].id].deleted = True
 
+    response.type = None
     response.is_done.side_effect = lambda: answered["done"]
     response.defer.side_effect = defer
     response.send_message.side_effect = send_message

@@ -83,7 +83,8 @@ async def test_an_nsfw_channel_is_refused_until_the_server_allows_it(env: Discor
     allowed, allowed_talk = env.interaction(permissions=env.manager_permissions)
     await env.invoke("imgur-auto add", allowed, channel=make_app_channel(nsfw))
 
-    assert refused_talk.last.ephemeral and "NSFW" in refused_talk.last.text
+    assert refused_talk.last.ephemeral
+    assert "NSFW" in refused_talk.last.text
     assert allowed_talk.last.text.startswith("Auto-rehost is on")
     assert await env.ledger.auto_channels(env.guild.id) == [nsfw.id]
 
@@ -106,7 +107,8 @@ async def test_adding_without_the_content_intent_says_where_to_switch_it_on(
 
         await env.invoke("imgur-auto add", interaction, channel=make_app_channel(env.channel))
 
-        assert "paused" in talk.last.text and "Message Content Intent" in talk.last.text
+        assert "paused" in talk.last.text
+        assert "Message Content Intent" in talk.last.text
 
 
 async def test_a_deleted_channel_is_forgotten(env: DiscordEnv) -> None:
@@ -134,7 +136,8 @@ async def test_an_image_in_an_enabled_channel_gets_one_reply_with_its_link(
     assert reply.content.startswith(f"https://i.imgur.com/{stored.id}.png (")
     assert message.reply.await_args.kwargs == {"mention_author": False}
     (rehost,) = await env.ledger.rehosts_for_messages([message.id])
-    assert rehost.origin.auto and rehost.origin.owner_id == env.member.id
+    assert rehost.origin.auto
+    assert rehost.origin.owner_id == env.member.id
     assert rehost.reply_message_id == reply.id
 
 
@@ -221,7 +224,8 @@ async def test_a_failed_attachment_gets_one_line_in_the_reply(env: DiscordEnv) -
 
     (reply,) = env.channels.live()
     lines = reply.content.splitlines()
-    assert len(lines) == 2 and lines[0].startswith("https://i.imgur.com/")
+    assert len(lines) == 2
+    assert lines[0].startswith("https://i.imgur.com/")
     assert lines[1].startswith("⚠️ bad.png: ")
     assert env.imgur.albums == {}
 
@@ -239,7 +243,8 @@ async def test_a_channel_where_the_bot_may_not_post_is_logged_and_the_upload_kep
     (warning,) = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert "may not reply" in warning.getMessage()
     (rehost,) = await env.ledger.rehosts_for_messages([message.id])
-    assert rehost.upload.state == "done" and rehost.reply_message_id is None
+    assert rehost.upload.state == "done"
+    assert rehost.reply_message_id is None
 
 
 async def test_a_message_deleted_while_uploading_gets_no_reply_and_no_copy(

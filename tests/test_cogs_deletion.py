@@ -11,8 +11,8 @@ import discord
 import pytest
 
 from cogs.deletion import imgur_id_from
-from cogs.replies import REMOVED
 from cogs.rehost_menu import MENU_NAME
+from cogs.replies import REMOVED
 from tests import samples
 from tests.conftest import WebFiles
 from tests.discord_mocks import (
@@ -59,7 +59,9 @@ async def test_the_owner_deletes_their_upload_and_the_public_answer_goes(env: Di
     assert env.imgur.images[imgur_id].deleted
     assert env.channels.live() == []  # the public answer carrying the link is removed
     upload = await env.ledger.get_upload(imgur_id)
-    assert upload is not None and upload.state == "deleted" and upload.deleted_by == env.member.id
+    assert upload is not None
+    assert upload.state == "deleted"
+    assert upload.deleted_by == env.member.id
 
 
 async def test_another_member_is_refused_privately(env: DiscordEnv) -> None:
@@ -138,7 +140,8 @@ async def test_a_deletion_imgur_failed_can_be_finished_later(env: DiscordEnv) ->
     first = await delete_as(env, env.member, imgur_id)
     second = await delete_as(env, env.member, imgur_id)
 
-    assert "Imgur" in first and not first.startswith("Deleted")
+    assert "Imgur" in first
+    assert not first.startswith("Deleted")
     assert second.startswith(f"Deleted `{imgur_id}`")
     assert env.imgur.images[imgur_id].deleted
 

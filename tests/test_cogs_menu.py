@@ -36,7 +36,7 @@ async def test_every_image_and_video_is_rehosted_and_the_links_come_privately(
         await env.invoke(MENU_NAME, interaction, message)
 
     assert talk.deferred is True
-    assert [(s.how, s.ephemeral) for s in talk.said] == [("followup", True)]
+    assert [(s.how, s.ephemeral) for s in talk.said] == [("edit", True)]
     links = {f"https://i.imgur.com/{i.id}.{i.ext}" for i in env.imgur.images.values()}
     assert len(links) == 2
     assert all(link in talk.last.text for link in links)
@@ -123,7 +123,7 @@ async def test_a_single_failure_is_answered_by_the_error_handler(env: DiscordEnv
 
     await env.invoke(MENU_NAME, interaction, message)
 
-    assert [(s.how, s.ephemeral) for s in talk.said] == [("followup", True)]
+    assert [(s.how, s.ephemeral) for s in talk.said] == [("edit", True)]
     assert talk.last.text.startswith("That is not an image or video")
 
 

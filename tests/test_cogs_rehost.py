@@ -37,7 +37,8 @@ async def test_an_attachment_gets_a_public_permanent_link_with_size_and_kind(
 
     (stored,) = env.imgur.images.values()
     assert talk.deferred is False  # deferred publicly: everyone may see the link
-    assert talk.last.how == "edit" and not talk.last.ephemeral
+    assert talk.last.how == "edit"
+    assert not talk.last.ephemeral
     assert talk.last.text.startswith(f"https://i.imgur.com/{stored.id}.png (")
     assert "KB PNG image)" in talk.last.text
 
@@ -100,7 +101,8 @@ async def test_a_failure_after_the_public_deferral_is_told_privately(env: Discor
 
     assert talk.deferred is False
     assert talk.original_deleted  # the public "thinking…" is gone first
-    assert talk.last.how == "followup" and talk.last.ephemeral
+    assert talk.last.how == "followup"
+    assert talk.last.ephemeral
     assert "not an image or video" in talk.last.text
     assert env.channels.live() == []
 
@@ -114,7 +116,8 @@ async def test_a_file_over_the_limit_is_refused_with_the_limit(
         await env.invoke("imgur", interaction, image=env.attachment(samples.big_png(MB + MB // 2)))
 
         assert talk.last.ephemeral
-        assert "1.5 MB" in talk.last.text and "at most 1 MB" in talk.last.text
+        assert "1.5 MB" in talk.last.text
+        assert "at most 1 MB" in talk.last.text
         assert env.imgur.uploads() == []
 
 
@@ -139,7 +142,8 @@ async def test_imgur_being_down_is_told_in_one_sentence(env: DiscordEnv) -> None
 
     assert talk.last.ephemeral
     assert "Imgur" in talk.last.text
-    assert "\n" not in talk.last.text and "Traceback" not in talk.last.text
+    assert "\n" not in talk.last.text
+    assert "Traceback" not in talk.last.text
 
 
 async def test_an_unexpected_error_is_logged_and_told_generically(
@@ -150,9 +154,11 @@ async def test_an_unexpected_error_is_logged_and_told_generically(
     with patch.object(env.services.pipeline, "rehost", side_effect=RuntimeError("boom")):
         await env.invoke("imgur", interaction, image=env.attachment(samples.png()))
 
-    assert talk.last.text == GENERIC_FAILURE and talk.last.ephemeral
+    assert talk.last.text == GENERIC_FAILURE
+    assert talk.last.ephemeral
     (record,) = [r for r in caplog.records if r.levelno >= logging.ERROR]
-    assert record.exc_info is not None and "boom" in str(record.exc_info[1])
+    assert record.exc_info is not None
+    assert "boom" in str(record.exc_info[1])
 
 
 async def test_a_long_upload_shows_progress_by_editing_its_answer(

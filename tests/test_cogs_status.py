@@ -39,7 +39,8 @@ async def test_status_shows_quota_uploads_today_and_waiting_work_privately(
 
     await env.invoke("imgur-status", interaction)
 
-    assert talk.deferred is True and talk.last.ephemeral
+    assert talk.deferred is True
+    assert talk.last.ephemeral
     text = talk.last.text
     assert f"Uploads left this hour: **{env.imgur.post_remaining}** of 1250" in text
     assert f"refilled <t:{int(env.imgur.post_reset)}:R>" in text
@@ -76,8 +77,10 @@ async def test_history_lists_the_servers_uploads_for_moderators(env: DiscordEnv)
     await env.invoke("imgur-history", interaction)
 
     lines = talk.last.text.splitlines()
-    assert talk.last.ephemeral and len(lines) == 2
-    assert f"<@{bob.id}>" in lines[0] and f"<@{env.member.id}>" in lines[1]
+    assert talk.last.ephemeral
+    assert len(lines) == 2
+    assert f"<@{bob.id}>" in lines[0]
+    assert f"<@{env.member.id}>" in lines[1]
     assert "<https://i.imgur.com/" in lines[0]
     send = interaction.response.send_message.await_args
     assert send.kwargs["allowed_mentions"].to_dict() == {"parse": []}  # nobody is pinged
@@ -128,7 +131,8 @@ async def test_a_manager_turns_delete_with_source_off_and_allows_nsfw(env: Disco
     await env.invoke("imgur-settings allow-nsfw", second, enabled=True)
 
     settings = await env.ledger.guild_settings(env.guild.id)
-    assert not settings.delete_with_source and settings.allow_nsfw
+    assert not settings.delete_with_source
+    assert settings.allow_nsfw
     assert "Delete with source: **off**" in talk.last.text
     assert "NSFW channels: **allowed**" in talk.last.text
 
@@ -150,7 +154,8 @@ async def test_settings_need_manage_server(
 
     assert talk.last.text == "You need the Manage Server permission for this."
     settings = await env.ledger.guild_settings(env.guild.id)
-    assert settings.delete_with_source and not settings.allow_nsfw
+    assert settings.delete_with_source
+    assert not settings.allow_nsfw
 
 
 async def test_server_commands_are_refused_in_direct_messages(env: DiscordEnv) -> None:

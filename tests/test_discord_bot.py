@@ -172,14 +172,27 @@ async def test_an_error_that_cannot_be_told_is_logged(
 # --- answering privately ------------------------------------------------------------------
 
 
-async def test_a_private_answer_after_a_private_deferral_is_a_followup(bot: RehostBot) -> None:
+async def test_a_private_answer_after_a_private_deferral_fills_in_the_thinking_message(
+    bot: RehostBot,
+) -> None:
     interaction, talk = make_interaction(bot)
     await interaction.response.defer(ephemeral=True, thinking=True)
 
     await answer_privately(interaction, "nope")
 
     assert not talk.original_deleted
-    assert [(s.how, s.text, s.ephemeral) for s in talk.said] == [("followup", "nope", True)]
+    assert [(s.how, s.text, s.ephemeral) for s in talk.said] == [("edit", "nope", True)]
+
+
+async def test_a_private_answer_after_a_private_message_is_a_private_followup(
+    bot: RehostBot,
+) -> None:
+    interaction, talk = make_interaction(bot)
+    await interaction.response.send_message("first", ephemeral=True)
+
+    await answer_privately(interaction, "nope")
+
+    assert [(s.how, s.ephemeral) for s in talk.said] == [("send_message", True), ("followup", True)]
 
 
 async def test_a_private_answer_after_a_public_deferral_removes_the_public_one_first(
