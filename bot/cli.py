@@ -25,6 +25,7 @@ from bot.sources import FileSource, ProgressCallback
 log = logging.getLogger(__name__)
 
 OK, FAILED, USAGE = 0, 1, 2
+HOLD_BACK_LIMIT = 60.0  # seconds an upload may wait for Imgur's quota before we give up
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -136,6 +137,11 @@ async def _upload_each(
                 print(f"error: {_shown(skipped)}: stopped before it was uploaded", file=sys.stderr)
             return FAILED
         origin = Origin(door="cli", filename=path.name, title=title)
+        held_back = _held_back(services, origin)
+        if held_back is not None:
+            for skipped in paths[index:]:
+                print(f"error: {_shown(skipped)}: {held_back}", file=sys.stderr)
+            return FAILED
         try:
             rehost = await services.pipeline.rehost(
                 FileSource(path), origin, on_progress=_progress_printer(path.name)
@@ -146,6 +152,19 @@ async def _upload_each(
             continue
         print(rehost.upload.link, flush=True)
     return status
+
+
+def _held_back(services: Services, origin: Origin) -> str | None:
+    """Why an upload cannot start within a minute (Imgur's quota), or None.
+
+    The bot queues such uploads until the quota refills; a command line should not hang for
+    an hour without a word, so it says when to try again instead.
+    """
+    start = services.pipeline.scheduler.estimate(origin)
+    if start is None or start - time.time() < HOLD_BACK_LIMIT:
+        return None
+    when = time.strftime("%H:%M", time.localtime(start))
+    return f"not uploaded: Imgur's upload quota is spent until about {when}; try again then."
 
 
 def _shown(path: Path | str) -> str:
