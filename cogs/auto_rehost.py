@@ -6,6 +6,7 @@ under a chosen channel count too. Messages by bots, this one included, are ignor
 
 from __future__ import annotations
 
+import contextlib
 import logging
 
 import discord
@@ -181,8 +182,24 @@ class AutoRehost(commands.Cog):
         lines += [link_line(o.rehost, spoiler=o.item.spoiler) for o in outcomes if o.rehost]
         lines += [summarise_failure(display_name(o.item), o.failure) for o in outcomes if o.failure]
 
+        reply = await self._reply(message, guild_id, fit(lines), rehosts)
+
+        if message.id in self.bot.deleted_messages and await self._copies_follow_source(guild_id):
+            # Deleted while the reply was on its way: the deletion found no reply to take back.
+            await take_down_copies(self.bot, guild_id, [message.id])
+            if reply is not None:
+                with contextlib.suppress(discord.HTTPException):
+                    await reply.delete()
+
+    async def _copies_follow_source(self, guild_id: int) -> bool:
+        return (await self.bot.services.ledger.guild_settings(guild_id)).delete_with_source
+
+    async def _reply(
+        self, message: discord.Message, guild_id: int, text: str, rehosts: list[Rehost]
+    ) -> discord.Message | None:
+        """Post the links under the message and remember the reply; None if Discord refused."""
         try:
-            reply = await message.reply(fit(lines), mention_author=False)
+            reply = await message.reply(text, mention_author=False)
         except discord.Forbidden:
             log.warning(
                 "may not reply in channel %d of guild %d; %d uploads stay on record",
@@ -190,13 +207,15 @@ class AutoRehost(commands.Cog):
                 guild_id,
                 len(rehosts),
             )
-            return
+            return None
         except discord.HTTPException as exc:
             log.warning("could not reply to message %d: %s", message.id, exc)
-            return
+            return None
+
         await record_reply(
             self.bot.services.ledger, rehosts, channel_id=reply.channel.id, message_id=reply.id
         )
+        return reply
 
     async def _album(
         self, message: discord.Message, guild_id: int, rehosts: list[Rehost]

@@ -159,6 +159,13 @@ class Channels:
         message.id = posted.id
         message.content = posted.content
         message.channel = SimpleNamespace(id=posted.channel_id)
+
+        async def delete(**_: Any) -> None:
+            if posted.deleted:
+                raise http_error(discord.NotFound, 404, "Unknown Message")
+            posted.deleted = True
+
+        message.delete.side_effect = delete
         return message
 
     def live(self, channel_id: int | None = None) -> list[Posted]:

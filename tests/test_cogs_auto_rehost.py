@@ -247,6 +247,29 @@ async def test_a_channel_where_the_bot_may_not_post_is_logged_and_the_upload_kep
     assert rehost.reply_message_id is None
 
 
+async def test_a_message_deleted_while_the_reply_is_posted_loses_reply_and_copies(
+    env: DiscordEnv,
+) -> None:
+    await enable(env)
+    message = env.message(env.attachment(samples.png()))
+    post_reply = message.reply.side_effect
+    deleted = discord.RawMessageDeleteEvent(
+        {"id": str(message.id), "channel_id": str(env.channel.id), "guild_id": str(env.guild.id)}
+    )
+
+    async def reply_while_the_poster_deletes(content: str, **fields: object) -> object:
+        sent = await post_reply(content, **fields)
+        await env.event("raw_message_delete", deleted)  # before the reply is on record
+        return sent
+
+    message.reply.side_effect = reply_while_the_poster_deletes
+    await env.event("message", message)
+
+    (stored,) = env.imgur.images.values()
+    assert stored.deleted
+    assert env.channels.live() == []
+
+
 async def test_a_message_deleted_while_uploading_gets_no_reply_and_no_copy(
     env: DiscordEnv,
 ) -> None:
