@@ -63,10 +63,12 @@ class Pipeline:
             RehostError: one of its subclasses, each with a sentence for the person who asked.
         """
         started = time.monotonic()
-        self.scheduler.check_room(origin)
-        spooled = await sources.spool(
-            source, self.limits, directory=self._spool_dir, on_progress=on_progress
-        )
+        # A fair turn to fetch and hash: a burst does not download everything at once, and
+        # the guild that posted last does not wait behind everyone else's downloads.
+        async with self.scheduler.admit(origin):
+            spooled = await sources.spool(
+                source, self.limits, directory=self._spool_dir, on_progress=on_progress
+            )
         try:
             async with self._one_at_a_time(spooled.sha256):
                 earlier = await self.ledger.find_live_upload(spooled.sha256)

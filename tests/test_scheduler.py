@@ -317,7 +317,7 @@ async def test_attachments_of_one_message_are_one_request_for_the_cooldown(
 
 
 async def test_a_full_queue_refuses_with_a_clear_answer() -> None:
-    scheduler = Scheduler(workers=1, queue_limit=2, guild_limit=10)
+    scheduler = Scheduler(workers=1, queue_limit=2, guild_limit=10, fetchers=1)
     queue = Queue(scheduler)
     queue.start("running", origin(guild=1, member=1))
     queue.start("waiting 1", origin(guild=2, member=2))
@@ -327,12 +327,60 @@ async def test_a_full_queue_refuses_with_a_clear_answer() -> None:
     with pytest.raises(QueueFull, match="2 uploads waiting; try again in a few minutes"):
         scheduler.check_room(origin(guild=4, member=4))
     with pytest.raises(QueueFull):
-        async with scheduler.slot(origin(guild=4, member=4)):
-            pytest.fail("a full queue let an upload through")
+        async with scheduler.admit(origin(guild=4, member=4)):
+            pytest.fail("a full queue admitted more work")
 
     await queue.finish("running")
+    await until(lambda: scheduler.waiting == 1)
     scheduler.check_room(origin(guild=4, member=4))
     await queue.finish_all()
+
+
+async def test_the_slot_keeps_room_for_work_fetched_while_the_queue_filled() -> None:
+    scheduler = Scheduler(workers=1, queue_limit=1, fetchers=1)
+    queue = Queue(scheduler)
+    queue.start("running", origin(guild=1, member=1))
+    queue.start("waiting", origin(guild=2, member=2))
+    await until(lambda: scheduler.waiting == 1)
+
+    late = queue.start("fetched while the queue filled", origin(guild=3, member=3))
+    await until(lambda: scheduler.waiting == 2)
+    assert late.error is None
+    with pytest.raises(QueueFull):
+        async with scheduler.slot(origin(guild=4, member=4)):
+            pytest.fail("the slot let the queue grow without bound")
+    await queue.finish_all()
+    assert queue.order[-1] == "fetched while the queue filled"
+
+
+async def test_fetch_turns_are_bounded_and_fair_across_guilds() -> None:
+    scheduler = Scheduler(workers=1, queue_limit=100, fetchers=2)
+    admitted: list[str] = []
+    gates = {name: asyncio.Event() for name in ["a0", "a1", "a2", "a3", "b0"]}
+
+    async def fetch(name: str, where: Origin) -> None:
+        async with scheduler.admit(where):
+            admitted.append(name)
+            await gates[name].wait()
+
+    tasks = [
+        asyncio.create_task(fetch(f"a{n}", origin(guild=1, member=n, message=n))) for n in range(4)
+    ]
+    await settle()
+    tasks.append(asyncio.create_task(fetch("b0", origin(guild=2, member=9, message=9))))
+    await settle()
+    assert admitted == ["a0", "a1"]
+    assert scheduler.waiting == 3
+    assert scheduler.status().fetching == 2
+
+    gates["a0"].set()
+    await until(lambda: len(admitted) == 3)
+    assert admitted[2] == "b0"
+
+    for gate in gates.values():
+        gate.set()
+    await asyncio.gather(*tasks)
+    assert scheduler.waiting == 0
 
 
 async def test_one_guild_cannot_take_the_whole_queue() -> None:
