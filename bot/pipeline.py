@@ -170,19 +170,35 @@ class Pipeline:
     ) -> list[Upload]:
         """Withdraw ``rehosts``; delete from Imgur each upload that nothing else still uses.
 
-        Returns the uploads deleted from Imgur.
-        """
-        if not rehosts:
-            return []
-        await self.ledger.mark_rehosts_deleted([r.id for r in rehosts], by=by, reason=reason)
+        Each upload is settled on its own: Imgur first, then the record, so a failure leaves
+        that upload's rehosts live for a later attempt and does not stop the others.
 
+        Returns the uploads deleted from Imgur.
+
+        Raises:
+            ImgurError: the first Imgur failure, after every other upload was settled.
+        """
+        withdrawn = {r.id for r in rehosts}
         deleted: list[Upload] = []
-        for upload in {r.upload.id: r.upload for r in rehosts}.values():
-            if await self.ledger.rehosts_of(upload.id, live_only=True):
+        failure: ImgurError | None = None
+
+        for upload_id, upload in {r.upload.id: r.upload for r in rehosts}.items():
+            mine = [r.id for r in rehosts if r.upload.id == upload_id]
+            live = await self.ledger.rehosts_of(upload_id, live_only=True)
+            if any(r.id not in withdrawn for r in live):
                 log.info("upload %s is still used by other rehosts; kept", upload.imgur_id)
+                await self.ledger.mark_rehosts_deleted(mine, by=by, reason=reason)
                 continue
-            await self.delete_upload(upload, by=by, reason=reason)
+            try:
+                await self.delete_upload(upload, by=by, reason=reason)
+            except ImgurError as exc:
+                log.warning("could not delete upload %s from Imgur: %s", upload.imgur_id, exc)
+                failure = failure or exc
+                continue
             deleted.append(upload)
+
+        if failure is not None:
+            raise failure
         return deleted
 
     async def create_album(

@@ -195,3 +195,23 @@ async def test_reconcile_closes_uploads_a_crash_left_pending(
 
     assert [origin.door for _, origin in interrupted] == ["cli"]
     assert await services.ledger.pending_uploads() == []
+
+
+async def test_release_settles_each_upload_and_keeps_a_failed_one_live(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    origin = Origin(door="discord", message_id=5)
+    first = await services.pipeline.rehost(source(samples.png(seed=20)), origin)
+    second = await services.pipeline.rehost(source(samples.png(seed=21)), origin)
+    services.imgur._sleep = _no_sleep  # type: ignore[attr-defined]
+    imgur.fail_next("server_error", times=3, path=f"/3/image/{first.upload.deletehash}")
+
+    with pytest.raises(ImgurUnavailable):
+        await services.pipeline.release([first, second], by=None, reason="source deleted")
+
+    assert imgur.images[second.upload.imgur_id].deleted  # type: ignore[index]
+    assert not imgur.images[first.upload.imgur_id].deleted  # type: ignore[index]
+    assert [r.id for r in await services.ledger.rehosts_of(first.upload.id)] == [first.id]
+
+    assert await services.pipeline.release([first], by=None, reason="again") != []
+    assert imgur.images[first.upload.imgur_id].deleted  # type: ignore[index]
