@@ -484,6 +484,16 @@ class ImgurClient:
         payload = _parse_json(raw)
 
         if 200 <= status < 300:
+            if not isinstance(payload, dict) and request.subject == "file":
+                # A success status says Imgur stored the upload; only the body, now unreadable,
+                # carried its deletehash. Sending it again would leave an undeletable copy.
+                log.warning(
+                    "Imgur %s %s -> HTTP %d with an unreadable answer; not sending it again",
+                    request.method,
+                    request.route,
+                    status,
+                )
+                raise ImgurUnavailable("Imgur did not confirm the upload; try again in a minute.")
             if not isinstance(payload, dict):
                 raise _Transient(f"HTTP {status} with an unreadable answer")
             if payload.get("success") is not False:

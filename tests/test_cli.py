@@ -109,7 +109,7 @@ async def test_a_file_that_is_not_media_fails_with_one_line(
         ("rate_limited", "html", "quota"),
         ("html", "errors", "Imgur is unavailable"),
         ("empty", "errors", "Imgur is unavailable"),
-        ("invalid_json", "errors", "Imgur is unavailable"),
+        ("invalid_json", "errors", "Imgur did not confirm the upload"),
         ("drop", "errors", "Imgur"),  # "unavailable", or "did not confirm" once sent whole
         ("over_capacity_403", "errors", "Imgur is unavailable"),
     ],
