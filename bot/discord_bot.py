@@ -26,6 +26,7 @@ from bot.errors import RehostError
 from bot.imgur import ImgurRateLimited
 from bot.services import Services, open_services
 from bot.settings import Settings
+from bot.web import start_web
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +232,10 @@ class RehostBot(commands.Bot):
     async def setup_hook(self) -> None:
         if self._services is None:
             self._services = await self._stack.enter_async_context(open_services(self.settings))
+        endpoint = await start_web(self.services)
+        if endpoint is not None:
+            # Closed before the services, which the stack closes after it.
+            self._stack.push_async_callback(endpoint.cleanup)
         for name in self._extensions:
             await self.load_extension(name)
         if self._sync_commands:

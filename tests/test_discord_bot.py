@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import discord
 import pytest
 import yarl
@@ -388,3 +391,29 @@ async def test_python_m_bot_starts_and_stops_cleanly_on_sigterm(
     assert "Unclosed" not in log
     assert "Traceback" not in log
     assert "bot-token" not in log
+
+
+@pytest.mark.usefixtures("restore_endpoints")
+async def test_the_http_endpoint_runs_inside_the_bot_when_configured(
+    imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    token = "an-endpoint-token-of-some-length"
+    health = f"http://127.0.0.1:{port}/healthz"
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async with DiscordStandIn(token="bot-token") as standin, aiohttp.ClientSession() as session:
+        settings = dataclasses.replace(
+            settings_for(standin, imgur, tmp_path), http_port=port, http_token=token
+        )
+        running = asyncio.create_task(run_bot(settings))
+        await standin.wait_until_ready(timeout=30)
+        async with session.get(health, headers=auth) as response:
+            assert response.status == 200
+        os.kill(os.getpid(), signal.SIGINT)
+        assert await asyncio.wait_for(running, 60) == 0
+
+        with pytest.raises(aiohttp.ClientConnectionError):
+            await session.get(health, headers=auth)
