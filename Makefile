@@ -23,5 +23,13 @@ test: $(BIN)/.dev
 	$(BIN)/mypy
 	$(BIN)/python -m pytest
 
+$(BIN)/.bench: requirements.txt requirements-bench.txt $(BIN)/.runtime
+	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt
+	touch $@
+
+# Speed, memory and quota figures against a local Imgur stand-in (a few minutes).
+bench: $(BIN)/.bench
+	$(BIN)/python -m bench.run
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
