@@ -255,16 +255,16 @@ class Scheduler:
     def estimate(self, origin: Origin) -> float | None:
         """When a new upload from ``origin`` would probably start; None if at once.
 
-        Counts the uploads the fair order would serve before it, the member's cooldown and
-        the quota. It cannot know how long uploads take, so while the quota is not what
-        holds work back it is a lower bound.
+        Guilds take turns, so before it go its own guild's waiting uploads and, in each of
+        those turns, one upload of every other guild with work waiting (assumed to stay
+        busy); then the member's cooldown and the quota. How long uploads take is not
+        counted: while the quota is not what holds work back, it is a lower bound.
         """
         now = self._clock()
         lane_key = _lane_key(origin)
         own = self._uploads.in_lane(lane_key)
-        ahead = own + sum(
-            min(lane.count, own + 1) for key, lane in self._uploads.lanes.items() if key != lane_key
-        )
+        others = sum(1 for key in self._uploads.lanes if key != lane_key)
+        ahead = own + (own + 1) * others
 
         start = now
         if self._blocked_until is not None:
