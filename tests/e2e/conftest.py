@@ -17,7 +17,15 @@ import pytest
 import pytest_asyncio
 
 from tests.discord_standin import DiscordStandIn
-from tests.e2e.harness import BotProcess, LinkedFiles, Server, new_server, running_bot, stand_ins
+from tests.e2e.harness import (
+    BotProcess,
+    LinkedFiles,
+    Server,
+    leaks,
+    new_server,
+    running_bot,
+    stand_ins,
+)
 from tests.imgur_standin import ImgurStandIn
 
 
@@ -36,9 +44,16 @@ class Stage:
 async def stage(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stage]:
     """The stand-ins and one ``python -m bot run`` for the module; stopped and checked after."""
     workdir = tmp_path_factory.mktemp("bot")
-    async with stand_ins() as (discord, imgur), LinkedFiles() as files:
-        async with running_bot(discord, imgur, workdir) as bot:
-            yield Stage(discord, imgur, files, bot, workdir)
+    async with (
+        stand_ins() as (discord, imgur),
+        LinkedFiles() as files,
+        running_bot(discord, imgur, workdir) as bot,
+    ):
+        yield Stage(discord, imgur, files, bot, workdir)
+
+    # From start-up to shutdown, no secret was shown on Discord or written to the log.
+    found = leaks(discord, imgur, [bot.log])
+    assert not found, "\n".join(found)
 
 
 @pytest.fixture
