@@ -28,8 +28,14 @@ class RedactingFilter(logging.Filter):
         cleaned = self.redact(message)
         if cleaned != message:
             record.msg, record.args = cleaned, None
+        # Another handler may have formatted (and cached) the traceback already: redact the
+        # cached text too, or a token in an exception message would pass through.
         if record.exc_info and record.exc_text is None:
-            record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = self.redact(record.exc_text)
+        if record.stack_info:
+            record.stack_info = self.redact(record.stack_info)
         return True
 
 
