@@ -127,20 +127,23 @@ class BotProcess:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
     def log_lines(self, level: str | None = None) -> list[str]:
+        """The stderr lines, or only those logged at ``level`` (``"WARNING"``, ``"ERROR"``)."""
         lines = self.log.splitlines()
         if level is None:
             return lines
-        return [line for line in lines if f" {level} " in line or f" {level:<7} " in line]
+        return [line for line in lines if f" {level:<7} " in line]
 
     def unclean_lines(self) -> list[str]:
         return [line for line in self.log.splitlines() if any(m in line for m in UNCLEAN_MARKERS)]
 
-    async def wait_for_log(self, text: str, timeout: float = ANSWER_TIMEOUT) -> str:
-        """The first stderr line containing ``text``; the file is polled (it has no events)."""
+    async def wait_for_log(
+        self, text: str, level: str | None = None, timeout: float = ANSWER_TIMEOUT
+    ) -> str:
+        """The first stderr line (at ``level``) containing ``text``; the file is polled."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
-            for line in self.log.splitlines():
+            for line in self.log_lines(level):
                 if text in line:
                     return line
             if self.returncode is not None or loop.time() > deadline:
