@@ -177,7 +177,7 @@ class BotProcess:
         assert not self.unclean_lines(), "\n".join(self.unclean_lines())
 
 
-async def start_bot(
+async def launch_bot(
     discord: DiscordStandIn,
     imgur: ImgurStandIn,
     workdir: Path,
@@ -186,12 +186,10 @@ async def start_bot(
     log_name: str = "bot.log",
     extra_env: dict[str, str] | None = None,
 ) -> BotProcess:
-    """Start the bot and wait until it synced its commands and is connected and ready."""
+    """Start ``python -m bot run`` in ``workdir``; return at once."""
     workdir.mkdir(parents=True, exist_ok=True)
     database = database or workdir / "ledger.sqlite3"
     log_path = workdir / log_name
-    connections_before = len(discord.connections)
-
     with log_path.open("wb") as stderr:
         process = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -204,7 +202,23 @@ async def start_bot(
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
         )
-    bot = BotProcess(process, log_path)
+    return BotProcess(process, log_path)
+
+
+async def start_bot(
+    discord: DiscordStandIn,
+    imgur: ImgurStandIn,
+    workdir: Path,
+    *,
+    database: Path | None = None,
+    log_name: str = "bot.log",
+    extra_env: dict[str, str] | None = None,
+) -> BotProcess:
+    """Start the bot and wait until it synced its commands and is connected and ready."""
+    connections_before = len(discord.connections)
+    bot = await launch_bot(
+        discord, imgur, workdir, database=database, log_name=log_name, extra_env=extra_env
+    )
     try:
         await _until_ready(discord, bot, connections_before)
     except BaseException:
