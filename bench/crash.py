@@ -46,7 +46,7 @@ from tests.imgur_standin import ImageRecord, ImgurStandIn
 ROOT = Path(__file__).resolve().parent.parent
 INTERRUPTED = "interrupted by a restart"
 HTTP_TOKEN = "crash-round-http-token-0123456789"
-SLOW = 0.4  # seconds Imgur takes to answer each upload in a round
+SLOW = 0.3  # seconds Imgur takes to answer each upload in a round
 WITHIN = 60.0  # seconds any one step of a round may take
 
 
@@ -180,7 +180,7 @@ async def run_cli(env: dict[str, str], cwd: Path, *args: str) -> tuple[int, str,
 
 
 async def cli_round(
-    imgur: ImgurStandIn, folder: Path, *, sig: signal.Signals, files: int = 20, kill_at: int = 5
+    imgur: ImgurStandIn, folder: Path, *, sig: signal.Signals, files: int = 20, kill_at: int = 4
 ) -> CrashResult:
     """``python -m bot upload`` of ``files`` files, signalled once ``kill_at`` are stored."""
     database = folder / "ledger.sqlite3"

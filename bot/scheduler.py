@@ -257,7 +257,8 @@ class Scheduler:
 
         Guilds take turns, so before it go its own guild's waiting uploads and, in each of
         those turns, one upload of every other guild with work waiting (assumed to stay
-        busy); then the member's cooldown and the quota. How long uploads take is not
+        busy); before auto-rehost, also every command waiting; then the member's cooldown
+        and the quota. How long uploads take is not
         counted: while the quota is not what holds work back, it is a lower bound.
         """
         now = self._clock()
@@ -265,6 +266,9 @@ class Scheduler:
         own = self._uploads.in_lane(lane_key)
         others = sum(1 for key in self._uploads.lanes if key != lane_key)
         ahead = own + (own + 1) * others
+        if origin.auto:
+            # Past the reserve only people's own commands go: every one waiting goes first.
+            ahead += sum(1 for ticket in self._uploads.in_order() if ticket.manual)
 
         start = now
         if self._blocked_until is not None:
