@@ -150,11 +150,33 @@ async def bare_loop(url: str, posted: list[tuple[int, int, int, bytes]]) -> floa
         return time.perf_counter() - started
 
 
+def count_ledger_round_trips() -> dict[str, float]:
+    """Count and time the calls the ledger hands to its SQLite thread (aiosqlite's hook)."""
+    import aiosqlite.core
+
+    counted = {"round_trips": 0.0, "busy": 0.0}
+    original = aiosqlite.core.Connection._execute
+
+    async def execute(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        counted["round_trips"] += 1
+        started = time.perf_counter()
+        try:
+            return await original(self, fn, *args, **kwargs)
+        finally:
+            counted["busy"] += time.perf_counter() - started
+
+    aiosqlite.core.Connection._execute = execute  # type: ignore[method-assign]
+    return counted
+
+
 async def main_async(url: str) -> dict[str, Any]:
     posted = attachments()
     bare = await bare_loop(url, posted)
+    counted = count_ledger_round_trips()
     result = await through_the_pipeline(url, posted)
     result["bare"] = bare
+    result["ledger_round_trips"] = int(counted["round_trips"])
+    result["ledger_busy"] = counted["busy"]
     return result
 
 

@@ -218,7 +218,11 @@ def burst_lines(burst: dict[str, Any]) -> list[str]:
         "Targets: at most 1.3x the bare loop; no guild waits behind another guild's whole "
         "backlog (first-come-first-served would start guild 10's first upload 181st). "
         "Default settings: 4 workers, queue of 200, 2 s member cooldown; each guild posts "
-        "two messages of ten attachments, one per member.",
+        "two messages of ten attachments, one per member. The ledger made "
+        f"{burst['ledger_round_trips']} round trips to its SQLite thread "
+        f"({burst['ledger_round_trips'] / 200:.0f} per upload, one at a time under its lock, "
+        "two of them commits with an fsync), and was busy with them for "
+        f"{burst['ledger_busy']:.2f} s of the {burst['total']:.2f} s.",
     ]
 
 
