@@ -31,5 +31,9 @@ $(BIN)/.bench: requirements.txt requirements-bench.txt $(BIN)/.runtime
 bench: $(BIN)/.bench
 	$(BIN)/python -m bench.run
 
+# A scripted conversation with the real bot against local stand-ins for Discord and Imgur.
+demo: $(BIN)/.dev
+	$(BIN)/python -m demo.run
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
