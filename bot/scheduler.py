@@ -535,7 +535,11 @@ class Scheduler:
         """While uploads wait: ask Imgur for the quota when due, and wake at each reset."""
         while self._uploads.count and not self._closed:
             if self._quota is not None and self._quota.probe_due():
-                await self._quota.probe()
+                try:
+                    await self._quota.probe()
+                except Exception:
+                    # The timer must outlive any failure, or waiting uploads would hang.
+                    log.exception("checking Imgur's quota failed unexpectedly")
             self._changed.clear()
             wake = self._pump()
             if not self._uploads.count:
