@@ -296,7 +296,7 @@ EXPECTED = {
 }
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.sampled_from(CALLS), st.lists(answers, min_size=1, max_size=3))
 @example(
     "upload",
