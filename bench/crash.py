@@ -17,6 +17,8 @@ Rounds:
   it, names the files it did not start, and exits. Nothing may be unconfirmed.
 - ``http-sigkill``: ``python -m bot serve`` with 4 workers takes 16 concurrent uploads and is
   killed while several are unanswered; then it is started again (reconcile) and stopped.
+- ``http-sigterm``: the same with SIGTERM: the endpoint stops taking requests and finishes
+  the ones it has (up to its shutdown timeout) before it exits.
 
 ``tests/test_crash.py`` runs each round once; the figures in docs/RELIABILITY.md come from
 this module run with ``--rounds 10``.
@@ -285,9 +287,14 @@ async def post_file(session: aiohttp.ClientSession, base: str, path: Path) -> st
 
 
 async def http_round(
-    imgur: ImgurStandIn, folder: Path, *, files: int = 16, kill_at: int = 9
+    imgur: ImgurStandIn,
+    folder: Path,
+    *,
+    sig: signal.Signals = signal.SIGKILL,
+    files: int = 16,
+    kill_at: int = 9,
 ) -> CrashResult:
-    """``python -m bot serve`` with concurrent uploads, SIGKILLed with several unanswered."""
+    """``python -m bot serve`` with concurrent uploads, signalled with several unanswered."""
     database = folder / "ledger.sqlite3"
     paths = write_files(folder / "files", files, seed=len(imgur.images) + 500)
     env = environment(
@@ -313,8 +320,8 @@ async def http_round(
                 )
             )
             in_flight = unanswered(imgur)
-            process.kill()
-            await process.wait()
+            process.send_signal(sig)
+            await asyncio.wait_for(process.wait(), WITHIN)
             answers = await asyncio.wait_for(asyncio.gather(*posts), WITHIN)
     finally:
         if process.returncode is None:
@@ -334,7 +341,7 @@ async def http_round(
     rows = ledger_rows(database)
     interrupted = [r["filename"] for r in rows if r["fail_reason"] == INTERRUPTED]
     return CrashResult(
-        round="http-sigkill",
+        round=f"http-{sig.name.lower()}",
         files=files,
         in_flight_at_kill=in_flight,
         exit_code=process.returncode,
@@ -356,14 +363,14 @@ async def _main(rounds: int, folder: Path) -> None:
     totals: dict[str, list[CrashResult]] = {}
     async with ImgurStandIn(user_limit=10**7, client_limit=10**8, post_limit=10**7) as imgur:
         for number in range(rounds):
-            for name in ("cli-sigkill", "cli-sigterm", "http-sigkill"):
+            for name in ("cli-sigkill", "cli-sigterm", "http-sigkill", "http-sigterm"):
                 imgur.images.clear()
                 imgur.requests.clear()
                 where = folder / f"{name}-{number}"
-                if name == "http-sigkill":
-                    result = await http_round(imgur, where)
+                sig = signal.SIGKILL if name.endswith("sigkill") else signal.SIGTERM
+                if name.startswith("http"):
+                    result = await http_round(imgur, where, sig=sig)
                 else:
-                    sig = signal.SIGKILL if name == "cli-sigkill" else signal.SIGTERM
                     result = await cli_round(imgur, where, sig=sig)
                 totals.setdefault(name, []).append(result)
 

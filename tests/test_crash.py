@@ -125,3 +125,19 @@ def test_accounting_tells_recorded_deleted_unconfirmed_and_lost_apart() -> None:
     assert (books.accepted, books.recorded, books.deleted) == (4, 1, 1)
     assert books.unconfirmed == ["c"]
     assert books.lost == ["d"]
+
+
+async def test_sigterm_mid_burst_of_http_uploads_finishes_them(
+    roomy_imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    result = await crash.http_round(roomy_imgur, tmp_path, sig=signal.SIGTERM)
+
+    assert result.exit_code == 0
+    assert result.in_flight_at_kill >= 2
+    assert_promises_kept(result)
+    assert result.pending_after_kill == 0
+    assert result.accounting.unconfirmed == []
+    # Requests already taken were finished: every link handed out is on record.
+    assert len(result.answers) == result.files
+    assert result.answers.count("ok") == result.accounting.recorded
+    assert result.answers.count("ok") >= result.accounting.accepted - result.in_flight_at_kill
