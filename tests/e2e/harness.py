@@ -427,21 +427,46 @@ def leaks(discord: DiscordStandIn, imgur: ImgurStandIn, logs: Iterable[str] = ()
 # --- linked files -----------------------------------------------------------------------------
 
 
+class HeldFile:
+    """A linked file whose download waits until the test releases it (a slow web server)."""
+
+    def __init__(self) -> None:
+        self.requested = asyncio.Event()
+        self._released = asyncio.Event()
+
+    async def wait_until_requested(self, timeout: float = ANSWER_TIMEOUT) -> None:
+        await asyncio.wait_for(self.requested.wait(), timeout)
+
+    def release(self) -> None:
+        self._released.set()
+
+
 class LinkedFiles:
     """A small web server for files that members link to with ``/imgur url:``."""
 
     def __init__(self) -> None:
         self._files: dict[str, tuple[bytes, str]] = {}
+        self._held: dict[str, HeldFile] = {}
         self._runner: web.AppRunner | None = None
         self.base = ""
         self.hits: list[str] = []
 
     def add(self, name: str, data: bytes, content_type: str = "image/png") -> str:
+        """Serve ``data`` at ``/name``; returns its URL."""
         self._files[f"/{name}"] = (data, content_type)
         return f"{self.base}/{name}"
 
+    def add_held(self, name: str, data: bytes) -> tuple[str, HeldFile]:
+        """Serve ``data`` at ``/name`` once released: the URL, and the handle to release it."""
+        held = self._held[f"/{name}"] = HeldFile()
+        return self.add(name, data), held
+
     async def _serve(self, request: web.Request) -> web.Response:
         self.hits.append(request.path)
+        held = self._held.get(request.path)
+        if held is not None:
+            held.requested.set()
+            await held._released.wait()
         found = self._files.get(request.path)
         if found is None:
             raise web.HTTPNotFound()
@@ -459,5 +484,7 @@ class LinkedFiles:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        for held in self._held.values():
+            held.release()
         if self._runner is not None:
             await self._runner.cleanup()

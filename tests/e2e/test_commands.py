@@ -8,7 +8,6 @@ from tests.discord_standin import Attachment, InteractionHandle, Permission
 from tests.discord_standin import gateway as gw
 from tests.e2e.conftest import Stage
 from tests.e2e.harness import (
-    ANSWER_TIMEOUT,
     Server,
     answered,
     copy_of,
@@ -34,13 +33,6 @@ COMMANDS = {
 def said(handle: InteractionHandle) -> str:
     """Everything the invoker can still read of the bot's answer."""
     return "\n".join(m.content for m in handle.visible_messages().all)
-
-
-async def wait_until_imgur_is_asked(stage: Stage, uploads_before: int) -> None:
-    """Until the bot's upload has reached Imgur (which holds its answer back)."""
-    await stage.discord.wait_until(
-        lambda: len(stage.imgur.uploads()) > uploads_before, ANSWER_TIMEOUT, "an upload"
-    )
 
 
 # --- start-up ---------------------------------------------------------------------------------
@@ -153,22 +145,18 @@ async def test_imgur_with_neither_an_image_nor_a_url_says_so_privately(
     assert not handle.visible_messages().channel
 
 
-async def test_imgur_defers_at_once_so_a_slow_upload_misses_no_deadline(
+async def test_imgur_defers_at_once_so_a_slow_download_misses_no_deadline(
     stage: Stage, server: Server
 ) -> None:
     data = fresh_png()
-    uploads_before = len(stage.imgur.uploads())
-    stage.imgur.fail_next("slow", method="POST", path="/3/image", delay=2.0)
-    stage.imgur.fail_next("slow", method="POST", path="/3/upload", delay=2.0)
+    url, held = stage.files.add_held("slow.png", data)
 
-    handle = await stage.discord.invoke_slash(
-        "imgur", server.alice, server.media, {"image": Attachment("slow.png", data)}
-    )
-    await wait_until_imgur_is_asked(stage, uploads_before)
-    # Imgur is still holding its answer: let Discord's three seconds pass meanwhile.
+    handle = await stage.discord.invoke_slash("imgur", server.alice, server.media, {"url": url})
+    await held.wait_until_requested()
+    # The web server is still holding the file: let Discord's three seconds pass meanwhile.
     stage.discord.advance_clock(stage.discord.interaction_deadline + 1)
+    held.release()
     await answered(handle)
-    stage.imgur.clear_faults()
 
     assert handle.deferred
     image = copy_of(stage.imgur, data)
@@ -220,22 +208,23 @@ async def test_the_menu_on_a_message_without_media_says_so_privately(
     assert "no image or video" in said(handle)
 
 
-async def test_the_menu_defers_at_once_so_a_slow_upload_misses_no_deadline(
+async def test_the_menu_defers_at_once_so_a_slow_download_misses_no_deadline(
     stage: Stage, server: Server
 ) -> None:
     data = fresh_png()
+    url, held = stage.files.add_held("shown.png", data)
     message = await stage.discord.post_message(
-        server.media, server.bob, attachments=[Attachment("slow.png", data)]
+        server.media,
+        server.bob,
+        f"look {url}",
+        embeds=[{"type": "image", "url": url, "thumbnail": {"url": url}}],
     )
-    uploads_before = len(stage.imgur.uploads())
-    stage.imgur.fail_next("slow", method="POST", path="/3/image", delay=2.0)
-    stage.imgur.fail_next("slow", method="POST", path="/3/upload", delay=2.0)
 
     handle = await stage.discord.invoke_message_command(MENU, server.alice, message)
-    await wait_until_imgur_is_asked(stage, uploads_before)
+    await held.wait_until_requested()
     stage.discord.advance_clock(stage.discord.interaction_deadline + 1)
+    held.release()
     await answered(handle)
-    stage.imgur.clear_faults()
 
     assert handle.deferred
     image = copy_of(stage.imgur, data)

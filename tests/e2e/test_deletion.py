@@ -153,7 +153,7 @@ async def test_deleting_defers_at_once_so_a_slow_imgur_misses_no_deadline(
     stage: Stage, server: Server
 ) -> None:
     image, _ = await uploaded_by(stage, server.alice, server)
-    stage.imgur.fail_next("slow", method="DELETE", path="/3/image", delay=2.0)
+    stage.imgur.fail_next("slow", method="DELETE", path="/3/image", delay=1.0)
     asked_before = len(stage.imgur.requests)
 
     handle = await stage.discord.invoke_slash(

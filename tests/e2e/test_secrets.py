@@ -54,7 +54,7 @@ async def test_no_token_client_id_or_deletehash_is_shown_on_discord_or_logged(
             target = await discord.post_message(
                 server.media, server.bob, attachments=[Attachment("m.png", fresh_png())]
             )
-            await answered(await discord.invoke_message_command(MENU, server.owner, target))
+            await answered(await discord.invoke_message_command(MENU, server.mod, target))
             image = copy_of(imgur, kept)
             assert image is not None
             await answered(
