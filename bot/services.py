@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import fcntl
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
 
 import aiohttp
 
@@ -45,6 +49,9 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         )
         ledger = await Ledger.open(settings.database_path)
         stack.push_async_callback(ledger.close)
+        lease = LedgerLease(settings.database_path)
+        stack.push_async_callback(lease.release)
+        alone = await lease.acquire()
 
         imgur = ImgurClient(
             imgur_session,
@@ -66,5 +73,42 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             scheduler=scheduler,
             limits=MediaLimits(image=settings.max_image_bytes, video=settings.max_video_bytes),
         )
-        await pipeline.reconcile()
+        if alone:
+            await pipeline.reconcile()
+        else:
+            log.debug("the ledger is in use elsewhere; pending uploads there are not interrupted")
+        await lease.share()
         yield Services(settings=settings, imgur=imgur, ledger=ledger, pipeline=pipeline)
+
+
+class LedgerLease:
+    """A lock beside the database, held for as long as this process uses the ledger.
+
+    Rows left pending are interrupted uploads only if no other process has them in flight
+    (the bot, while the command line runs), so the first process reconciles only while it
+    holds the lock alone; then it shares it. The kernel drops the lock when a process dies.
+    """
+
+    def __init__(self, database: Path) -> None:
+        self._path = database.with_name(database.name + ".lock")
+        self._handle: IO[bytes] | None = None
+
+    async def acquire(self) -> bool:
+        """Take the lock; True when this process is alone with the ledger."""
+        self._handle = await asyncio.to_thread(self._path.open, "ab")
+        try:
+            fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            await asyncio.to_thread(fcntl.flock, self._handle, fcntl.LOCK_SH)
+            return False
+        return True
+
+    async def share(self) -> None:
+        """Let other processes in, after reconciling."""
+        if self._handle is not None:
+            await asyncio.to_thread(fcntl.flock, self._handle, fcntl.LOCK_SH)
+
+    async def release(self) -> None:
+        if self._handle is not None:
+            await asyncio.to_thread(self._handle.close)
+            self._handle = None

@@ -7,7 +7,8 @@ import pytest
 
 from bot.imgur import ImgurRejected, ImgurUnavailable
 from bot.ledger import LedgerError, Origin
-from bot.services import Services
+from bot.services import Services, open_services
+from bot.settings import Settings
 from bot.sources import StreamSource
 from tests import samples
 from tests.conftest import WebFiles
@@ -215,3 +216,26 @@ async def test_release_settles_each_upload_and_keeps_a_failed_one_live(
 
     assert await services.pipeline.release([first], by=None, reason="again") != []
     assert imgur.images[first.upload.imgur_id].deleted  # type: ignore[index]
+
+
+async def test_uploads_another_process_has_in_flight_are_not_taken_for_interrupted(
+    services: Services, settings: Settings
+) -> None:
+    # `services` plays the running bot; a second opening plays the command line beside it.
+    pending = await services.ledger.begin_upload(
+        sha256="cd" * 32, size=10, mime="image/png", kind="image", origin=CLI
+    )
+
+    async with open_services(settings) as beside:
+        assert beside.pipeline.interrupted == []
+    assert [u.id for u, _ in await services.ledger.pending_uploads()] == [pending]
+
+
+async def test_the_next_process_alone_with_the_ledger_reconciles(settings: Settings) -> None:
+    async with open_services(settings) as crashed:
+        await crashed.ledger.begin_upload(
+            sha256="ef" * 32, size=10, mime="image/png", kind="image", origin=CLI
+        )
+
+    async with open_services(settings) as restarted:
+        assert [origin.door for _, origin in restarted.pipeline.interrupted] == ["cli"]
