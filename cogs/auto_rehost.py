@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 
 import discord
 from discord import app_commands
@@ -24,6 +25,7 @@ from bot.errors import RehostError
 from bot.ledger import Origin, Rehost
 from cogs.discord_media import (
     MediaItem,
+    Outcome,
     display_name,
     media_attachments,
     message_origin,
@@ -132,113 +134,154 @@ class AutoRehost(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if message.guild is None or message.author.bot or self.bot.closing:
-            return
-        items = media_attachments(message)
-        if not items:
+        if self.bot.closing:
             return
         try:
-            if not await self._wanted_in(message.guild.id, message.channel):
-                return
-            async with self.bot.working():
-                await self._rehost(message, message.guild.id, items)
+            await rehost_posted(self.bot, message)
         except ShuttingDown:
             return
         except RehostError as exc:
             log.warning("auto-rehost of message %d failed: %s", message.id, exc)
 
-    async def _wanted_in(self, guild_id: int, channel: object) -> bool:
-        ledger = self.bot.services.ledger
-        channel_ids = [getattr(channel, "id", 0)]
-        if isinstance(channel, discord.Thread):
-            channel_ids.append(channel.parent_id)
-        if not any([await ledger.is_auto_channel(guild_id, c) for c in channel_ids]):
-            return False
-        if _is_nsfw(channel) and not (await ledger.guild_settings(guild_id)).allow_nsfw:
-            log.info("not rehosting in NSFW channel %d of guild %d", channel_ids[0], guild_id)
-            return False
-        return True
 
-    async def _rehost(
-        self, message: discord.Message, guild_id: int, items: list[MediaItem]
-    ) -> None:
-        outcomes = await rehost_items(
-            self.bot,
+async def rehost_posted(
+    bot: RehostBot, message: discord.Message, *, recorded: Sequence[Rehost] = ()
+) -> bool:
+    """Auto-rehost a message posted in a chosen channel; False if it is not one to rehost.
+
+    ``recorded`` are rehosts of the message's attachments already on record (made before a
+    restart cut the work short): those attachments are not rehosted again, and the reply
+    carries their links with the others.
+
+    Raises:
+        ShuttingDown: the bot is stopping.
+        RehostError: the ledger could not be read.
+    """
+    if message.guild is None or message.author.bot:
+        return False
+    items = media_attachments(message)
+    if not items:
+        return False
+    guild_id = message.guild.id
+    if not await _wanted_in(bot, guild_id, message.channel):
+        return False
+
+    async with bot.working():
+        await _rehost(bot, message, guild_id, items, recorded)
+    return True
+
+
+async def _wanted_in(bot: RehostBot, guild_id: int, channel: object) -> bool:
+    ledger = bot.services.ledger
+    channel_ids = [getattr(channel, "id", 0)]
+    if isinstance(channel, discord.Thread):
+        channel_ids.append(channel.parent_id)
+    if not any([await ledger.is_auto_channel(guild_id, c) for c in channel_ids]):
+        return False
+    if _is_nsfw(channel) and not (await ledger.guild_settings(guild_id)).allow_nsfw:
+        log.info("not rehosting in NSFW channel %d of guild %d", channel_ids[0], guild_id)
+        return False
+    return True
+
+
+async def _rehost(
+    bot: RehostBot,
+    message: discord.Message,
+    guild_id: int,
+    items: list[MediaItem],
+    recorded: Sequence[Rehost],
+) -> None:
+    known: dict[int | None, Rehost] = {
+        r.origin.attachment_id: r for r in recorded if r.origin.attachment_id is not None
+    }
+    fresh = iter(
+        await rehost_items(
+            bot,
             message,
-            items,
+            [item for item in items if item.attachment_id not in known],
             lambda item: message_origin(message, item, requester_id=message.author.id, auto=True),
         )
-        rehosts = [o.rehost for o in outcomes if o.rehost is not None]
+    )
+    outcomes = [
+        Outcome(item, rehost=known[item.attachment_id])
+        if item.attachment_id in known
+        else next(fresh)
+        for item in items
+    ]
+    rehosts = [o.rehost for o in outcomes if o.rehost is not None]
 
-        if message.id in self.bot.deleted_messages:
-            # The poster deleted the message while its files were on their way.
-            await take_down_copies(self.bot, guild_id, [message.id])
-            return
+    if message.id in bot.deleted_messages:
+        # The poster deleted the message while its files were on their way.
+        await take_down_copies(bot, guild_id, [message.id])
+        return
 
-        lines: list[str] = []
-        album_link = await self._album(message, guild_id, rehosts)
-        if album_link is not None:
-            lines.append(f"Album: {spoilered(album_link, any(i.spoiler for i in items))}")
-        lines += [link_line(o.rehost, spoiler=o.item.spoiler) for o in outcomes if o.rehost]
-        lines += [summarise_failure(display_name(o.item), o.failure) for o in outcomes if o.failure]
+    lines: list[str] = []
+    album_link = await _album(bot, message, guild_id, rehosts)
+    if album_link is not None:
+        lines.append(f"Album: {spoilered(album_link, any(i.spoiler for i in items))}")
+    lines += [link_line(o.rehost, spoiler=o.item.spoiler) for o in outcomes if o.rehost]
+    lines += [summarise_failure(display_name(o.item), o.failure) for o in outcomes if o.failure]
 
-        reply = await self._reply(message, guild_id, fit(lines), rehosts)
+    reply = await _reply(bot, message, guild_id, fit(lines), rehosts)
 
-        if message.id in self.bot.deleted_messages and await self._copies_follow_source(guild_id):
-            # Deleted while the reply was on its way: the deletion found no reply to take back.
-            await take_down_copies(self.bot, guild_id, [message.id])
-            if reply is not None:
-                with contextlib.suppress(discord.HTTPException):
-                    await reply.delete()
+    if message.id in bot.deleted_messages and await _copies_follow_source(bot, guild_id):
+        # Deleted while the reply was on its way: the deletion found no reply to take back.
+        await take_down_copies(bot, guild_id, [message.id])
+        if reply is not None:
+            with contextlib.suppress(discord.HTTPException):
+                await reply.delete()
 
-    async def _copies_follow_source(self, guild_id: int) -> bool:
-        return (await self.bot.services.ledger.guild_settings(guild_id)).delete_with_source
 
-    async def _reply(
-        self, message: discord.Message, guild_id: int, text: str, rehosts: list[Rehost]
-    ) -> discord.Message | None:
-        """Post the links under the message and remember the reply; None if Discord refused."""
-        try:
-            reply = await message.reply(text, mention_author=False)
-        except discord.Forbidden:
-            log.warning(
-                "may not reply in channel %d of guild %d; %d uploads stay on record",
-                message.channel.id,
-                guild_id,
-                len(rehosts),
-            )
-            return None
-        except discord.HTTPException as exc:
-            log.warning("could not reply to message %d: %s", message.id, exc)
-            return None
+async def _copies_follow_source(bot: RehostBot, guild_id: int) -> bool:
+    return (await bot.services.ledger.guild_settings(guild_id)).delete_with_source
 
-        await record_reply(
-            self.bot.services.ledger, rehosts, channel_id=reply.channel.id, message_id=reply.id
+
+async def _reply(
+    bot: RehostBot, message: discord.Message, guild_id: int, text: str, rehosts: list[Rehost]
+) -> discord.Message | None:
+    """Post the links under the message and remember the reply; None if Discord refused."""
+    try:
+        reply = await message.reply(text, mention_author=False)
+    except discord.Forbidden:
+        log.warning(
+            "may not reply in channel %d of guild %d; %d uploads stay on record",
+            message.channel.id,
+            guild_id,
+            len(rehosts),
         )
-        return reply
+        return None
+    except discord.HTTPException as exc:
+        log.warning("could not reply to message %d: %s", message.id, exc)
+        return None
 
-    async def _album(
-        self, message: discord.Message, guild_id: int, rehosts: list[Rehost]
-    ) -> str | None:
-        """An album of the uploads when there are several; None if not (or if it failed)."""
-        unique = list({r.upload.id: r for r in rehosts}.values())
-        if len(unique) < 2:
-            return None
-        origin = Origin(
-            door="discord",
-            guild_id=guild_id,
-            channel_id=message.channel.id,
-            message_id=message.id,
-            owner_id=message.author.id,
-            requester_id=message.author.id,
-            auto=True,
-        )
-        try:
-            album = await self.bot.services.pipeline.create_album(unique, origin)
-        except RehostError as exc:
-            log.warning("could not make an album for message %d: %s", message.id, exc)
-            return None
-        return album.link
+    await record_reply(
+        bot.services.ledger, rehosts, channel_id=reply.channel.id, message_id=reply.id
+    )
+    return reply
+
+
+async def _album(
+    bot: RehostBot, message: discord.Message, guild_id: int, rehosts: list[Rehost]
+) -> str | None:
+    """An album of the uploads when there are several; None if not (or if it failed)."""
+    unique = list({r.upload.id: r for r in rehosts}.values())
+    if len(unique) < 2:
+        return None
+    origin = Origin(
+        door="discord",
+        guild_id=guild_id,
+        channel_id=message.channel.id,
+        message_id=message.id,
+        owner_id=message.author.id,
+        requester_id=message.author.id,
+        auto=True,
+    )
+    try:
+        album = await bot.services.pipeline.create_album(unique, origin)
+    except RehostError as exc:
+        log.warning("could not make an album for message %d: %s", message.id, exc)
+        return None
+    return album.link
 
 
 async def setup(bot: RehostBot) -> None:
