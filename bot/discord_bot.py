@@ -38,6 +38,7 @@ EXTENSIONS: Final = (
     "cogs.source_deletion",
     "cogs.status",
     "cogs.server_settings",
+    "cogs.recovery",
 )
 
 # How long a shutdown waits for uploads in flight: an upload cut off after Imgur received it
