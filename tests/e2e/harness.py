@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import itertools
 import os
@@ -53,6 +55,18 @@ UNCLEAN_MARKERS = (
 )
 
 _seeds = itertools.count(1)
+
+# Linux's prctl, looked up before any fork: the child only calls it.
+_LIBC = (
+    ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if sys.platform == "linux" else None
+)
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """In the bot's process: SIGTERM when the test process dies, however abruptly."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def fresh_png() -> bytes:
@@ -201,6 +215,7 @@ async def launch_bot(
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=stderr,
+            preexec_fn=_die_with_parent,
         )
     return BotProcess(process, log_path)
 
@@ -330,9 +345,10 @@ async def enable_auto_rehost(discord: DiscordStandIn, server: Server, channel: C
 async def sentinel(discord: DiscordStandIn, imgur: ImgurStandIn, server: Server) -> None:
     """Post an image in an auto-rehosted channel of ``server`` and wait for the bot's reply.
 
-    Gateway events reach the bot in order and its ledger answers queries in order, so once
-    this reply exists the bot has long decided what to do with every message posted before
-    it. A test that expects the bot to ignore something checks after this.
+    Gateway events reach the bot in order, and this reply takes a download, an upload and
+    several ledger round trips after its message arrived: once it exists, the bot has long
+    decided what to do with everything that reached it before. A test that expects the bot
+    to ignore something checks after this.
     """
     if server._sentinel is None:
         channel = server.guild.add_text_channel("sentinel")

@@ -44,6 +44,7 @@ async def test_nothing_is_rehosted_where_auto_rehost_is_off(stage: Stage, server
     await stage.discord.post_message(
         server.media, server.alice, attachments=[Attachment("before.png", before)]
     )
+    await sentinel(stage.discord, stage.imgur, server)
     await enable_auto_rehost(stage.discord, server, server.media)
     removed = await stage.discord.invoke_slash(
         "imgur-auto remove", server.owner, server.media, {"channel": server.media}
@@ -277,10 +278,12 @@ async def test_copies_stay_when_the_server_keeps_them_after_deletion(
     assert kept_image is not None
     assert gone_image is not None
 
-    # The bot reads deletions in order: once the second one is handled, so is the first.
+    # The bot reads deletions in order: once the second one is handled (and a whole rehost
+    # after it), the first one was decided long ago.
     await stage.discord.delete_message(evidence)
     await stage.discord.delete_message(other)
     await stage.imgur.wait_for(lambda: gone_image.deleted)
+    await sentinel(stage.discord, stage.imgur, keeping)
 
     assert not kept_image.deleted
     assert not kept_reply.deleted
