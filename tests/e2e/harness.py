@@ -297,7 +297,7 @@ class Server:
     alice: Member
     bob: Member
     mod: Member
-    _sentinel: tuple[Channel, Member] | None = field(default=None, repr=False)
+    _sentinel: Channel | None = field(default=None, repr=False)
 
     @property
     def owner(self) -> Member:
@@ -351,10 +351,11 @@ async def sentinel(discord: DiscordStandIn, imgur: ImgurStandIn, server: Server)
     to ignore something checks after this.
     """
     if server._sentinel is None:
-        channel = server.guild.add_text_channel("sentinel")
-        server._sentinel = channel, server.guild.add_member("sentinel poster")
-        await enable_auto_rehost(discord, server, channel)
-    channel, poster = server._sentinel
+        server._sentinel = server.guild.add_text_channel("sentinel")
+        await enable_auto_rehost(discord, server, server._sentinel)
+    channel = server._sentinel
+    # A new poster each time: one member's uploads are spaced by the member cooldown.
+    poster = server.guild.add_member(f"sentinel poster {len(server.guild.members)}")
     data = fresh_png()
     message = await discord.post_message(
         channel, poster, attachments=[Attachment("sentinel.png", data)]

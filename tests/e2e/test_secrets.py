@@ -51,8 +51,9 @@ async def test_no_token_client_id_or_deletehash_is_shown_on_discord_or_logged(
                 ),
             ]:
                 await answered(handle)
+            chat = server.guild.add_text_channel("chat")
             target = await discord.post_message(
-                server.media, server.bob, attachments=[Attachment("m.png", fresh_png())]
+                chat, server.bob, attachments=[Attachment("m.png", fresh_png())]
             )
             await answered(await discord.invoke_message_command(MENU, server.mod, target))
             image = copy_of(imgur, kept)
