@@ -5,10 +5,15 @@ that nobody can delete any more, so the rules here are strict:
 
 - an upload is put on record (``pending``) *before* Imgur is called and completed after, in
   one transaction together with its first rehost;
-- every write runs in its own ``BEGIN IMMEDIATE`` transaction and is shielded from the
-  caller's cancellation, so a Discord interaction that times out cannot cut a record in half;
-- one connection, one lock: a read never sees another coroutine's unfinished transaction;
+- every write is committed (``synchronous = FULL``: on disk) before its caller hears back, and
+  is shielded from the caller's cancellation, so a Discord interaction that times out cannot
+  cut a record in half;
+- one connection on one thread: each call is one function run there, a write inside its own
+  savepoint of a ``BEGIN IMMEDIATE`` transaction, so a read never sees unfinished work;
 - every value is a bound parameter; the SQL text is only ever built from fixed fragments.
+
+Writes that wait at the same moment share one transaction, and so one fsync (group commit):
+each keeps its own savepoint, so one that fails is undone alone and gets its own error.
 
 An *upload* is one image on Imgur (one deletehash). A *rehost* is one request (Discord, the
 command line or HTTP) that produced an upload or reused a live upload of the same bytes.
@@ -17,17 +22,19 @@ command line or HTTP) that produced an upload or reused a live upload of the sam
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import sqlite3
+import threading
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final, Literal, TypeVar, get_args
-
-import aiosqlite
+from typing import Any, Final, Generic, Literal, TypeVar, get_args
 
 from bot.errors import NotFound, RehostError
 
@@ -36,6 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Door = Literal["discord", "cli", "http"]
+Params = Sequence[Any] | Mapping[str, Any]
 
 UPLOAD_KINDS: Final = frozenset({"image", "animated", "video"})
 UPLOAD_STATES: Final = frozenset({"pending", "done", "deleted", "failed"})
@@ -303,22 +311,23 @@ _INSERT_REHOST = """
     ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# The upload to complete, its origin, and whether a live upload of the same bytes exists.
+_RIVAL_EXISTS = """
+    EXISTS (
+        SELECT 1 FROM uploads AS other
+        WHERE other.sha256 = u.sha256 AND other.state = 'done' AND other.duplicate = 0
+          AND other.id != u.id
+    ) AS rival"""
+_SELECT_TO_COMPLETE = (
+    "SELECT" + _UPLOAD_FIELDS + "," + _UPLOAD_ORIGIN_FIELDS + "," + _RIVAL_EXISTS + " "
+    "FROM uploads AS u WHERE u.id = ?"
+)
+_SELECT_FIRST_REHOST = (
+    _SELECT_REHOST + "WHERE r.upload_id = ? AND r.reused = 0 ORDER BY r.id LIMIT 1"
+)
+
 # Lists of ids are bound as one JSON array (see _id_list) and unpacked in SQL with
 # `IN (SELECT value FROM json_each(?))`, so the SQL text never grows with the number of ids.
-
-
-class _HideStatements(logging.Filter):
-    """Drop aiosqlite's DEBUG records: they carry every statement's parameters, deletehashes
-    included ("executing functools.partial(..., ('abc', 'https://...', '<deletehash>'))")."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
-
-
-def _guard_statement_log() -> None:
-    statement_log = logging.getLogger("aiosqlite")
-    if not any(isinstance(f, _HideStatements) for f in statement_log.filters):
-        statement_log.addFilter(_HideStatements())
 
 
 def _upload_from(row: sqlite3.Row) -> Upload:
@@ -365,6 +374,22 @@ def _rehost_from(row: sqlite3.Row) -> Rehost:
         reply_channel_id=row["r_reply_channel_id"],
         reply_message_id=row["r_reply_message_id"],
         deleted_at=row["r_deleted_at"],
+    )
+
+
+def _new_rehost(
+    rehost_id: int, upload: Upload, origin: Origin, *, reused: bool, created_at: float
+) -> Rehost:
+    """A rehost just inserted, built from the values written rather than read back."""
+    return Rehost(
+        id=rehost_id,
+        upload=upload,
+        origin=origin,
+        reused=reused,
+        created_at=created_at,
+        reply_channel_id=None,
+        reply_message_id=None,
+        deleted_at=None,
     )
 
 
@@ -415,47 +440,180 @@ def _normal_sha256(sha256: str) -> str:
     return digest
 
 
-async def _fetchone(
-    db: aiosqlite.Connection, sql: str, params: Sequence[Any]
-) -> sqlite3.Row | None:
-    async with db.execute(sql, params) as cursor:
-        row: sqlite3.Row | None = await cursor.fetchone()
+# --- statements: plain functions run on the database thread ---------------------------------
+
+
+def _fetchone(db: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = db.execute(sql, params).fetchone()
     return row
 
 
-async def _fetchall(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> list[sqlite3.Row]:
-    async with db.execute(sql, params) as cursor:
-        rows = await cursor.fetchall()
-    return list(rows)
+def _fetchall(db: sqlite3.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+    return db.execute(sql, params).fetchall()
 
 
-async def _change(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> int:
+def _change(db: sqlite3.Connection, sql: str, params: Params) -> int:
     """Run one INSERT/UPDATE/DELETE; the number of rows it touched."""
-    async with db.execute(sql, params) as cursor:
-        return cursor.rowcount
+    return db.execute(sql, params).rowcount
 
 
-async def _insert(db: aiosqlite.Connection, sql: str, params: Sequence[Any]) -> int:
-    async with db.execute(sql, params) as cursor:
-        row_id = cursor.lastrowid
+def _insert(db: sqlite3.Connection, sql: str, params: Params) -> int:
+    row_id = db.execute(sql, params).lastrowid
     if row_id is None:  # pragma: no cover - sqlite always reports it after an INSERT
         raise sqlite3.DatabaseError("INSERT reported no row id")
     return row_id
 
 
-async def _rehost_by_id(db: aiosqlite.Connection, rehost_id: int) -> Rehost | None:
-    row = await _fetchone(db, _SELECT_REHOST + "WHERE r.id = ?", (rehost_id,))
+def _rehost_by_id(db: sqlite3.Connection, rehost_id: int) -> Rehost | None:
+    row = _fetchone(db, _SELECT_REHOST + "WHERE r.id = ?", (rehost_id,))
     return _rehost_from(row) if row is not None else None
 
 
-async def _count_existing(db: aiosqlite.Connection, table: str, ids: Sequence[int]) -> int:
+def _count_existing(db: sqlite3.Connection, table: str, ids: Sequence[int]) -> int:
     sql = {
         "rehosts": "SELECT count(*) FROM rehosts WHERE id IN (SELECT value FROM json_each(?))",
         "uploads": "SELECT count(*) FROM uploads WHERE id IN (SELECT value FROM json_each(?))",
     }[table]
-    row = await _fetchone(db, sql, (_id_list(ids),))
+    row = _fetchone(db, sql, (_id_list(ids),))
     assert row is not None
     return int(row[0])
+
+
+def _settings_in(db: sqlite3.Connection, guild_id: int) -> GuildSettings:
+    row = _fetchone(
+        db,
+        "SELECT delete_with_source, allow_nsfw FROM guild_settings WHERE guild_id = ?",
+        (guild_id,),
+    )
+    if row is None:
+        return GuildSettings(guild_id=guild_id)
+    return GuildSettings(
+        guild_id=guild_id,
+        delete_with_source=bool(row["delete_with_source"]),
+        allow_nsfw=bool(row["allow_nsfw"]),
+    )
+
+
+# --- opening: on the database thread --------------------------------------------------------
+
+
+def _open_database(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, int]:
+    """Connect, set the connection up and migrate; the connection and its schema version."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        log.exception("cannot create the directory for the ledger at %s", path)
+        raise LedgerError("The upload records could not be opened.") from exc
+
+    # isolation_level=None: no implicit transactions; every write opens its own.
+    # timeout is SQLite's busy_timeout: how long a statement waits for another process's
+    # lock before "database is locked". No trace callback is ever set: it would see each
+    # statement with its values (deletehashes) filled in.
+    try:
+        db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
+    except sqlite3.Error as exc:
+        log.exception("cannot open the ledger at %s", path)
+        raise LedgerError("The upload records could not be opened.") from exc
+
+    try:
+        db.row_factory = sqlite3.Row
+        version = _prepare(db, path)
+    except BaseException:
+        db.close()
+        raise
+    return db, version
+
+
+def _prepare(db: sqlite3.Connection, path: Path) -> int:
+    try:
+        db.execute("PRAGMA journal_mode = WAL")
+        # FULL, not NORMAL: in WAL mode NORMAL skips the fsync at each commit, so a power
+        # loss can undo the last commits. This file is the only copy of each deletehash; the
+        # cost of the fsync is shared by the writes that commit together (see the module doc).
+        db.execute("PRAGMA synchronous = FULL")
+        db.execute("PRAGMA foreign_keys = ON")
+        _fetchone(db, "SELECT json_array_length(json_array(1))", ())
+        row = _fetchone(db, "PRAGMA user_version", ())
+    except sqlite3.Error as exc:
+        log.exception("cannot prepare the ledger at %s", path)
+        raise LedgerError(
+            "The upload records could not be opened: the file is not a usable SQLite "
+            "database, or this SQLite lacks JSON support."
+        ) from exc
+
+    assert row is not None
+    version = int(row[0])
+    if version > SCHEMA_VERSION:
+        log.error(
+            "ledger at %s has schema version %d; this code knows up to %d",
+            path,
+            version,
+            SCHEMA_VERSION,
+        )
+        raise LedgerError(
+            f"The upload records were written by a newer version of the bot (schema "
+            f"{version}, this version knows up to {SCHEMA_VERSION}); upgrade the bot."
+        )
+
+    for target in range(version + 1, SCHEMA_VERSION + 1):
+        _migrate(db, path, target)
+    return SCHEMA_VERSION
+
+
+def _migrate(db: sqlite3.Connection, path: Path, target: int) -> None:
+    """Apply MIGRATIONS[target - 1] and set user_version to target, all or nothing."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in MIGRATIONS[target - 1]:
+                db.execute(statement)
+            # PRAGMA takes no bound parameters; target is our own int, never outside input.
+            db.execute("PRAGMA user_version = %d" % target)  # noqa: UP031
+            db.execute("COMMIT")
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        log.exception("ledger at %s failed to migrate to schema version %d", path, target)
+        raise LedgerError(
+            f"The upload records could not be upgraded to schema version {target}; "
+            "the file was left as it was."
+        ) from exc
+    log.info("ledger at %s migrated to schema version %d", path, target)
+
+
+def _close_abandoned(
+    executor: ThreadPoolExecutor, opening: asyncio.Future[tuple[sqlite3.Connection, int]]
+) -> None:
+    """Close what an opening left behind: its thread, and its connection if it got one."""
+    if not opening.cancelled() and opening.exception() is None:
+        executor.submit(opening.result()[0].close)
+    executor.shutdown(wait=False)
+
+
+# --- writes waiting for the database thread -------------------------------------------------
+
+
+@dataclass
+class _Write(Generic[T]):
+    """One write: its transaction body, what to call it in logs, and who waits for it."""
+
+    what: str
+    work: Callable[[sqlite3.Connection], T]
+    failure: str
+    future: Future[T] = field(default_factory=Future)
+
+    def succeed(self, result: T) -> None:
+        self.future.set_result(result)
+
+    def fail(self, exc: BaseException) -> None:
+        if isinstance(exc, sqlite3.Error | OverflowError):
+            log.error("ledger: %s failed; nothing was changed", self.what, exc_info=exc)
+            error = LedgerError(self.failure)
+            error.__cause__ = exc
+            exc = error
+        self.future.set_exception(exc)
 
 
 class Ledger:
@@ -469,20 +627,26 @@ class Ledger:
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: sqlite3.Connection,
+        executor: ThreadPoolExecutor,
         path: Path,
         *,
         clock: Callable[[], float],
         schema_version: int,
     ) -> None:
+        # The connection belongs to the executor's one thread: it is only touched there.
         self._db = db
+        self._executor = executor
         self._path = path
         self._clock = clock
         self._schema_version = schema_version
-        self._lock = asyncio.Lock()
-        self._writes: set[asyncio.Task[Any]] = set()
-        self._closed = False  # no new calls are taken
-        self._disconnected = False  # the connection itself is closed
+        # Writes waiting for the database thread, and whether a drain of them is on its way
+        # there; both shared with that thread under the lock.
+        self._queue_lock = threading.Lock()
+        self._queued: list[_Write[Any]] = []
+        self._drain_due = False
+        self._writes: set[asyncio.Future[Any]] = set()
+        self._closed = False
 
     # --- opening and closing ----------------------------------------------------------------
 
@@ -501,92 +665,19 @@ class Ledger:
                 written by a newer version of the bot.
         """
         path = Path(path)
-        _guard_statement_log()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger")
+        opening = asyncio.get_running_loop().run_in_executor(
+            executor, _open_database, path, busy_timeout
+        )
         try:
-            await asyncio.to_thread(path.parent.mkdir, parents=True, exist_ok=True)
-        except OSError as exc:
-            log.exception("cannot create the directory for the ledger at %s", path)
-            raise LedgerError("The upload records could not be opened.") from exc
-
-        # isolation_level=None: no implicit transactions; every write opens its own.
-        # timeout is SQLite's busy_timeout: how long a statement waits for another process's
-        # lock before "database is locked".
-        db = aiosqlite.connect(path, isolation_level=None, timeout=busy_timeout)
-        try:
-            await db
-        except sqlite3.Error as exc:
-            log.exception("cannot open the ledger at %s", path)
-            raise LedgerError("The upload records could not be opened.") from exc
-
-        try:
-            db.row_factory = sqlite3.Row
-            version = await cls._prepare(db, path)
+            db, version = await asyncio.shield(opening)
         except BaseException:
-            await db.close()
+            # Failed, or cancelled while the thread carries on: close whatever it opens.
+            opening.add_done_callback(partial(_close_abandoned, executor))
             raise
 
         log.info("ledger open at %s (schema version %d)", path, version)
-        return cls(db, path, clock=clock, schema_version=version)
-
-    @staticmethod
-    async def _prepare(db: aiosqlite.Connection, path: Path) -> int:
-        try:
-            await db.execute("PRAGMA journal_mode = WAL")
-            # FULL, not NORMAL: in WAL mode NORMAL skips the fsync at each commit, so a power
-            # loss can undo the last commits. This file is the only copy of each deletehash
-            # and we write a few rows a minute (Imgur allows ~50 uploads an hour), so one
-            # fsync per commit costs nothing worth saving.
-            await db.execute("PRAGMA synchronous = FULL")
-            await db.execute("PRAGMA foreign_keys = ON")
-            await _fetchone(db, "SELECT json_array_length(json_array(1))", ())
-            row = await _fetchone(db, "PRAGMA user_version", ())
-        except sqlite3.Error as exc:
-            log.exception("cannot prepare the ledger at %s", path)
-            raise LedgerError(
-                "The upload records could not be opened: the file is not a usable SQLite "
-                "database, or this SQLite lacks JSON support."
-            ) from exc
-
-        assert row is not None
-        version = int(row[0])
-        if version > SCHEMA_VERSION:
-            log.error(
-                "ledger at %s has schema version %d; this code knows up to %d",
-                path,
-                version,
-                SCHEMA_VERSION,
-            )
-            raise LedgerError(
-                f"The upload records were written by a newer version of the bot (schema "
-                f"{version}, this version knows up to {SCHEMA_VERSION}); upgrade the bot."
-            )
-
-        for target in range(version + 1, SCHEMA_VERSION + 1):
-            await Ledger._migrate(db, path, target)
-        return SCHEMA_VERSION
-
-    @staticmethod
-    async def _migrate(db: aiosqlite.Connection, path: Path, target: int) -> None:
-        """Apply MIGRATIONS[target - 1] and set user_version to target, all or nothing."""
-        try:
-            await db.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[target - 1]:
-                    await db.execute(statement)
-                # PRAGMA takes no bound parameters; target is our own int, never outside input.
-                await db.execute("PRAGMA user_version = %d" % target)  # noqa: UP031
-                await db.execute("COMMIT")
-            except BaseException:
-                if db.in_transaction:
-                    await db.execute("ROLLBACK")
-                raise
-        except sqlite3.Error as exc:
-            log.exception("ledger at %s failed to migrate to schema version %d", path, target)
-            raise LedgerError(
-                f"The upload records could not be upgraded to schema version {target}; "
-                "the file was left as it was."
-            ) from exc
-        log.info("ledger at %s migrated to schema version %d", path, target)
+        return cls(db, executor, path, clock=clock, schema_version=version)
 
     async def close(self) -> None:
         """Let writes in flight finish, then close the connection. Safe to call twice."""
@@ -596,9 +687,9 @@ class Ledger:
 
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
-        async with self._lock:
-            self._disconnected = True
-            await self._db.close()
+        # Everything handed to the thread before this runs before it.
+        await asyncio.wrap_future(self._submit(self._db.close))
+        self._executor.shutdown(wait=False)
         log.info("ledger at %s closed", self._path)
 
     async def __aenter__(self) -> Ledger:
@@ -619,71 +710,147 @@ class Ledger:
     async def integrity_ok(self) -> bool:
         """True when SQLite's integrity check passes and no foreign key points nowhere."""
 
-        async def work(db: aiosqlite.Connection) -> bool:
-            checks = await _fetchall(db, "PRAGMA integrity_check", ())
-            dangling = await _fetchall(db, "PRAGMA foreign_key_check", ())
+        def work(db: sqlite3.Connection) -> bool:
+            checks = _fetchall(db, "PRAGMA integrity_check", ())
+            dangling = _fetchall(db, "PRAGMA foreign_key_check", ())
             return [tuple(row) for row in checks] == [("ok",)] and not dangling
 
         return await self._read("integrity check", work)
 
     # --- running statements -----------------------------------------------------------------
 
-    def _ensure_open(self, *, connected_only: bool = False) -> None:
-        if self._disconnected or (self._closed and not connected_only):
+    def _ensure_open(self) -> None:
+        if self._closed:
             raise LedgerError("The upload records are closed; the bot is shutting down.")
 
-    async def _read(self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]]) -> T:
+    def _now(self) -> float:
+        return float(self._clock())
+
+    def _submit(self, job: Callable[[], T]) -> Future[T]:
+        """Hand ``job`` to the database thread; every statement gets there this way."""
+        return self._executor.submit(job)
+
+    async def _read(self, what: str, work: Callable[[sqlite3.Connection], T]) -> T:
         self._ensure_open()
-        async with self._lock:
-            self._ensure_open(connected_only=True)
-            try:
-                return await work(self._db)
-            except (sqlite3.Error, OverflowError) as exc:
-                log.exception("ledger: %s failed", what)
-                raise LedgerError(READ_FAILED) from exc
+        try:
+            return await asyncio.wrap_future(self._submit(partial(work, self._db)))
+        except (sqlite3.Error, OverflowError) as exc:
+            log.exception("ledger: %s failed", what)
+            raise LedgerError(READ_FAILED) from exc
 
     async def _write(
         self,
         what: str,
-        work: Callable[[aiosqlite.Connection], Awaitable[T]],
+        work: Callable[[sqlite3.Connection], T],
         *,
         failure: str = WRITE_FAILED,
     ) -> T:
-        """Run ``work`` in one transaction that survives the caller being cancelled."""
+        """Run ``work`` in a transaction that commits before this returns.
+
+        Shielded: once queued, the write commits or rolls back whatever happens to the
+        caller, and close() waits for it.
+        """
         self._ensure_open()
 
-        # Shielded: once started, the transaction commits or rolls back whatever happens to
-        # the caller, and close() waits for it.
-        task = asyncio.ensure_future(self._transaction(what, work, failure))
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-        return await asyncio.shield(task)
+        write = _Write(what, work, failure)
+        with self._queue_lock:
+            self._queued.append(write)
+            drain = not self._drain_due
+            self._drain_due = True
+        if drain:
+            self._submit(self._drain)
 
-    async def _transaction(
-        self, what: str, work: Callable[[aiosqlite.Connection], Awaitable[T]], failure: str
-    ) -> T:
-        async with self._lock:
-            self._ensure_open(connected_only=True)
+        done = asyncio.wrap_future(write.future)
+        self._writes.add(done)
+        done.add_done_callback(self._writes.discard)
+        return await asyncio.shield(done)
+
+    def _drain(self) -> None:
+        """On the database thread: commit every write queued so far, together."""
+        with self._queue_lock:
+            self._drain_due = False
+            batch, self._queued = self._queued, []
+
+        try:
+            self._commit_together(batch)
+        except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
+            log.exception("ledger: the write queue failed")
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            for write in batch:
+                if not write.future.done():
+                    write.fail(exc)
+
+    def _commit_together(self, batch: list[_Write[Any]]) -> None:
+        """Run each write in its own savepoint of one transaction; settle each caller once the
+        transaction has committed (or each write's failure is known)."""
+        if not batch:
+            return
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            for write in batch:
+                write.fail(exc)
+            return
+
+        # A write alone needs no savepoint: its failure rolls the transaction back.
+        grouped = len(batch) > 1
+        done: list[tuple[_Write[Any], Any]] = []
+        for index, write in enumerate(batch):
             try:
-                await self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    result = await work(self._db)
-                    await self._db.execute("COMMIT")
-                except BaseException:
-                    await self._rollback(what)
-                    raise
-            except (sqlite3.Error, OverflowError) as exc:
-                log.exception("ledger: %s failed; nothing was changed", what)
-                raise LedgerError(failure) from exc
-        return result
+                if grouped:
+                    db.execute("SAVEPOINT write")
+                result = write.work(db)
+                if grouped:
+                    db.execute("RELEASE write")
+            except BaseException as exc:
+                write.fail(exc)
+                if grouped and self._undo_savepoint():
+                    continue
+                # Alone, or SQLite gave up the whole transaction (a full disk, an I/O error)
+                # and the writes before this one went with it: run the others again.
+                self._rollback()
+                self._commit_together([w for w, _ in done] + batch[index + 1 :])
+                return
+            done.append((write, result))
 
-    async def _rollback(self, what: str) -> None:
+        if not done:
+            db.execute("ROLLBACK")
+            return
+        try:
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            if len(done) == 1:
+                done[0][0].fail(exc)
+            else:  # give each its own chance, and its own error
+                for write, _ in done:
+                    self._commit_together([write])
+            return
+        for write, result in done:
+            write.succeed(result)
+
+    def _undo_savepoint(self) -> bool:
+        """Roll back the failed write's savepoint; False when the transaction is gone."""
+        if not self._db.in_transaction:
+            return False
+        try:
+            self._db.execute("ROLLBACK TO write")
+            self._db.execute("RELEASE write")
+        except sqlite3.Error:
+            log.exception("ledger: rolling back one write failed; retrying the others")
+            self._rollback()
+            return False
+        return True
+
+    def _rollback(self) -> None:
         if not self._db.in_transaction:
             return
         try:
-            await self._db.execute("ROLLBACK")
+            self._db.execute("ROLLBACK")
         except sqlite3.Error:
-            log.exception("ledger: rolling back %s failed", what)
+            log.exception("ledger: rolling back failed")
 
     # --- the upload lifecycle ---------------------------------------------------------------
 
@@ -698,10 +865,10 @@ class Ledger:
         digest = _normal_sha256(sha256)
         if kind not in UPLOAD_KINDS:
             raise ValueError(f"unknown upload kind {kind!r}")
-        values = (kind, mime, size, digest, self._clock(), *_origin_values(origin))
+        values = (kind, mime, size, digest, self._now(), *_origin_values(origin))
 
-        async def work(db: aiosqlite.Connection) -> int:
-            return await _insert(
+        def work(db: sqlite3.Connection) -> int:
+            return _insert(
                 db,
                 """
                 INSERT INTO uploads (
@@ -737,34 +904,22 @@ class Ledger:
             RecordStateError: the upload was completed with another image, or deleted.
             LedgerError: not recorded; the caller still holds the only copy of the deletehash.
         """
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> tuple[Rehost, bool]:
-            row = await _fetchone(
-                db, "SELECT state, imgur_id, sha256 FROM uploads WHERE id = ?", (pending_id,)
-            )
+        def work(db: sqlite3.Connection) -> tuple[Rehost, bool]:
+            row = _fetchone(db, _SELECT_TO_COMPLETE, (pending_id,))
             if row is None:
                 raise RecordNotFound("That upload is not in the ledger.")
 
-            if row["state"] == "done" and row["imgur_id"] == imgur_id:
-                first = await _fetchone(
-                    db,
-                    "SELECT min(id) FROM rehosts WHERE upload_id = ? AND reused = 0",
-                    (pending_id,),
-                )
-                rehost = await _rehost_by_id(db, first[0]) if first is not None else None
-                if rehost is not None:
-                    return rehost, False
-            if row["state"] not in ("pending", "failed"):
+            if row["u_state"] == "done" and row["u_imgur_id"] == imgur_id:
+                first = _fetchone(db, _SELECT_FIRST_REHOST, (pending_id,))
+                if first is not None:
+                    return _rehost_from(first), False
+            if row["u_state"] not in ("pending", "failed"):
                 raise RecordStateError("That upload was already completed or deleted.")
 
-            rival = await _fetchone(
-                db,
-                "SELECT id FROM uploads "
-                "WHERE sha256 = ? AND state = 'done' AND duplicate = 0 AND id != ?",
-                (row["sha256"], pending_id),
-            )
-            duplicate = rival is not None
-            await _change(
+            duplicate = bool(row["rival"])
+            _change(
                 db,
                 """
                 UPDATE uploads
@@ -772,25 +927,21 @@ class Ledger:
                     completed_at = ?, fail_reason = NULL
                 WHERE id = ?
                 """,
-                (imgur_id, link, deletehash, int(duplicate), self._clock(), pending_id),
+                (imgur_id, link, deletehash, int(duplicate), now, pending_id),
             )
+            # The first rehost is the request that caused the upload: its origin is the row's.
+            origin = _origin_from(row)
+            rehost_id = _insert(db, _INSERT_REHOST, (pending_id, 0, now, *_origin_values(origin)))
 
-            rehost_id = await _insert(
-                db,
-                """
-                INSERT INTO rehosts (
-                    upload_id, reused, created_at, door, guild_id, channel_id, message_id,
-                    attachment_id, owner_id, requester_id, filename, title, auto
-                )
-                SELECT id, 0, completed_at, door, guild_id, channel_id, message_id,
-                       attachment_id, owner_id, requester_id, filename, title, auto
-                FROM uploads WHERE id = ?
-                """,
-                (pending_id,),
+            upload = dataclasses.replace(
+                _upload_from(row),
+                imgur_id=imgur_id,
+                link=link,
+                deletehash=deletehash,
+                state="done",
+                completed_at=now,
             )
-            rehost = await _rehost_by_id(db, rehost_id)
-            assert rehost is not None
-            return rehost, duplicate
+            return _new_rehost(rehost_id, upload, origin, reused=False, created_at=now), duplicate
 
         rehost, duplicate = await self._write(
             "complete upload",
@@ -822,15 +973,15 @@ class Ledger:
             RecordStateError: the upload completed; a completed record is never abandoned.
         """
 
-        async def work(db: aiosqlite.Connection) -> None:
-            row = await _fetchone(db, "SELECT state FROM uploads WHERE id = ?", (pending_id,))
+        def work(db: sqlite3.Connection) -> None:
+            row = _fetchone(db, "SELECT state FROM uploads WHERE id = ?", (pending_id,))
             if row is None:
                 raise RecordNotFound("That upload is not in the ledger.")
             if row["state"] == "failed":
                 return
             if row["state"] != "pending":
                 raise RecordStateError("That upload already completed and cannot be abandoned.")
-            await _change(
+            _change(
                 db,
                 "UPDATE uploads SET state = 'failed', fail_reason = ? WHERE id = ?",
                 (reason, pending_id),
@@ -842,8 +993,8 @@ class Ledger:
     async def pending_uploads(self) -> list[tuple[Upload, Origin]]:
         """Uploads begun but never completed or abandoned (oldest first), with their origin."""
 
-        async def work(db: aiosqlite.Connection) -> list[tuple[Upload, Origin]]:
-            rows = await _fetchall(db, _SELECT_PENDING, ())
+        def work(db: sqlite3.Connection) -> list[tuple[Upload, Origin]]:
+            rows = _fetchall(db, _SELECT_PENDING, ())
             return [(_upload_from(row), _origin_from(row)) for row in rows]
 
         return await self._read("list pending uploads", work)
@@ -852,8 +1003,8 @@ class Ledger:
         """The upload to reuse for these bytes: done, not deleted, not a duplicate."""
         digest = _normal_sha256(sha256)
 
-        async def work(db: aiosqlite.Connection) -> Upload | None:
-            row = await _fetchone(
+        def work(db: sqlite3.Connection) -> Upload | None:
+            row = _fetchone(
                 db,
                 _SELECT_UPLOAD + "WHERE u.sha256 = ? AND u.state = 'done' AND u.duplicate = 0",
                 (digest,),
@@ -870,18 +1021,17 @@ class Ledger:
             RecordStateError: the upload is no longer live (deleted meanwhile): upload afresh.
         """
         values = _origin_values(origin)
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> Rehost:
-            row = await _fetchone(db, "SELECT state FROM uploads WHERE id = ?", (upload_id,))
+        def work(db: sqlite3.Connection) -> Rehost:
+            row = _fetchone(db, _SELECT_UPLOAD + "WHERE u.id = ?", (upload_id,))
             if row is None:
                 raise RecordNotFound("That upload is not in the ledger.")
-            if row["state"] != "done":
+            if row["u_state"] != "done":
                 raise RecordStateError("That upload is no longer available to reuse.")
 
-            rehost_id = await _insert(db, _INSERT_REHOST, (upload_id, 1, self._clock(), *values))
-            rehost = await _rehost_by_id(db, rehost_id)
-            assert rehost is not None
-            return rehost
+            rehost_id = _insert(db, _INSERT_REHOST, (upload_id, 1, now, *values))
+            return _new_rehost(rehost_id, _upload_from(row), origin, reused=True, created_at=now)
 
         rehost = await self._write("record reuse", work)
         log.info("ledger: rehost %d reuses upload %d", rehost.id, upload_id)
@@ -892,15 +1042,15 @@ class Ledger:
     async def get_upload(self, imgur_id: str) -> Upload | None:
         """The upload with this Imgur id, in whatever state."""
 
-        async def work(db: aiosqlite.Connection) -> Upload | None:
-            row = await _fetchone(db, _SELECT_UPLOAD + "WHERE u.imgur_id = ?", (imgur_id,))
+        def work(db: sqlite3.Connection) -> Upload | None:
+            row = _fetchone(db, _SELECT_UPLOAD + "WHERE u.imgur_id = ?", (imgur_id,))
             return _upload_from(row) if row is not None else None
 
         return await self._read("get upload", work)
 
     async def get_rehost(self, rehost_id: int) -> Rehost | None:
-        async def work(db: aiosqlite.Connection) -> Rehost | None:
-            return await _rehost_by_id(db, rehost_id)
+        def work(db: sqlite3.Connection) -> Rehost | None:
+            return _rehost_by_id(db, rehost_id)
 
         return await self._read("get rehost", work)
 
@@ -911,8 +1061,8 @@ class Ledger:
             sql += "AND r.deleted_at IS NULL "
         sql += "ORDER BY r.id"
 
-        async def work(db: aiosqlite.Connection) -> list[Rehost]:
-            return [_rehost_from(row) for row in await _fetchall(db, sql, (upload_id,))]
+        def work(db: sqlite3.Connection) -> list[Rehost]:
+            return [_rehost_from(row) for row in _fetchall(db, sql, (upload_id,))]
 
         return await self._read("list rehosts of upload", work)
 
@@ -925,10 +1075,10 @@ class Ledger:
             "WHERE r.message_id IN (SELECT value FROM json_each(?)) "
             "AND r.deleted_at IS NULL ORDER BY r.id"
         )
+        ids = _id_list(message_ids)
 
-        async def work(db: aiosqlite.Connection) -> list[Rehost]:
-            rows = await _fetchall(db, sql, (_id_list(message_ids),))
-            return [_rehost_from(row) for row in rows]
+        def work(db: sqlite3.Connection) -> list[Rehost]:
+            return [_rehost_from(row) for row in _fetchall(db, sql, (ids,))]
 
         return await self._read("find rehosts for messages", work)
 
@@ -959,8 +1109,8 @@ class Ledger:
         sql = _SELECT_REHOST + where + "ORDER BY r.created_at DESC, r.id DESC LIMIT ?"
         params.append(max(0, limit))
 
-        async def work(db: aiosqlite.Connection) -> list[Rehost]:
-            return [_rehost_from(row) for row in await _fetchall(db, sql, params)]
+        def work(db: sqlite3.Connection) -> list[Rehost]:
+            return [_rehost_from(row) for row in _fetchall(db, sql, params)]
 
         return await self._read("list recent rehosts", work)
 
@@ -990,18 +1140,16 @@ class Ledger:
             "limit": max(0, limit),
         }
 
-        async def work(db: aiosqlite.Connection) -> list[Rehost]:
-            async with db.execute(sql, params) as cursor:
-                rows = await cursor.fetchall()
-            return [_rehost_from(row) for row in rows]
+        def work(db: sqlite3.Connection) -> list[Rehost]:
+            return [_rehost_from(row) for row in _fetchall(db, sql, params)]
 
         return await self._read("search rehosts", work)
 
     async def count_uploads_since(self, since: float) -> int:
         """Uploads sent to Imgur (pending, done or deleted; not failed, not reuses) since then."""
 
-        async def work(db: aiosqlite.Connection) -> int:
-            row = await _fetchone(
+        def work(db: sqlite3.Connection) -> int:
+            row = _fetchone(
                 db,
                 "SELECT count(*) FROM uploads WHERE created_at >= ? AND state != 'failed'",
                 (since,),
@@ -1014,8 +1162,8 @@ class Ledger:
     async def count_rehosts_since(self, since: float, *, reused: bool | None = None) -> int:
         """Rehosts made since then; only reuses, only fresh uploads, or both."""
 
-        async def work(db: aiosqlite.Connection) -> int:
-            row = await _fetchone(
+        def work(db: sqlite3.Connection) -> int:
+            row = _fetchone(
                 db,
                 "SELECT count(*) FROM rehosts WHERE created_at >= ? AND (? IS NULL OR reused = ?)",
                 (since, reused, reused),
@@ -1037,11 +1185,10 @@ class Ledger:
             RecordNotFound: no upload with that id.
             RecordStateError: the upload never reached Imgur (pending or failed).
         """
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> int:
-            row = await _fetchone(
-                db, "SELECT state, sha256 FROM uploads WHERE id = ?", (upload_id,)
-            )
+        def work(db: sqlite3.Connection) -> int:
+            row = _fetchone(db, "SELECT state, sha256 FROM uploads WHERE id = ?", (upload_id,))
             if row is None:
                 raise RecordNotFound("That upload is not in the ledger.")
             if row["state"] == "deleted":
@@ -1051,8 +1198,7 @@ class Ledger:
                     "That upload never reached Imgur; there is nothing to delete."
                 )
 
-            now = self._clock()
-            await _change(
+            _change(
                 db,
                 """
                 UPDATE uploads
@@ -1062,7 +1208,7 @@ class Ledger:
                 """,
                 (now, by, reason, upload_id),
             )
-            rehosts = await _change(
+            rehosts = _change(
                 db,
                 """
                 UPDATE rehosts SET deleted_at = ?, deleted_by = ?, delete_reason = ?
@@ -1070,7 +1216,7 @@ class Ledger:
                 """,
                 (now, by, reason, upload_id),
             )
-            await _change(
+            _change(
                 db,
                 """
                 UPDATE uploads SET duplicate = 0
@@ -1108,15 +1254,16 @@ class Ledger:
         if not rehost_ids:
             return
         ids = _id_list(rehost_ids)
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> int:
-            if await _count_existing(db, "rehosts", rehost_ids) != len(set(rehost_ids)):
+        def work(db: sqlite3.Connection) -> int:
+            if _count_existing(db, "rehosts", rehost_ids) != len(set(rehost_ids)):
                 raise RecordNotFound("One of those rehosts is not in the ledger.")
-            return await _change(
+            return _change(
                 db,
                 "UPDATE rehosts SET deleted_at = ?, deleted_by = ?, delete_reason = ? "
                 "WHERE id IN (SELECT value FROM json_each(?)) AND deleted_at IS NULL",
-                (self._clock(), by, reason, ids),
+                (now, by, reason, ids),
             )
 
         changed = await self._write("mark rehosts deleted", work)
@@ -1134,10 +1281,10 @@ class Ledger:
             return
         ids = _id_list(rehost_ids)
 
-        async def work(db: aiosqlite.Connection) -> None:
-            if await _count_existing(db, "rehosts", rehost_ids) != len(set(rehost_ids)):
+        def work(db: sqlite3.Connection) -> None:
+            if _count_existing(db, "rehosts", rehost_ids) != len(set(rehost_ids)):
                 raise RecordNotFound("One of those rehosts is not in the ledger.")
-            await _change(
+            _change(
                 db,
                 "UPDATE rehosts SET reply_channel_id = ?, reply_message_id = ? "
                 "WHERE id IN (SELECT value FROM json_each(?))",
@@ -1164,12 +1311,14 @@ class Ledger:
             RecordNotFound: one of the uploads is unknown; nothing was recorded.
         """
         values = _origin_values(origin)
+        ids = _id_list(upload_ids)
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> Album:
-            if await _count_existing(db, "uploads", upload_ids) != len(set(upload_ids)):
+        def work(db: sqlite3.Connection) -> Album:
+            if _count_existing(db, "uploads", upload_ids) != len(set(upload_ids)):
                 raise RecordNotFound("One of the album's uploads is not in the ledger.")
 
-            album_id = await _insert(
+            album_id = _insert(
                 db,
                 """
                 INSERT INTO albums (
@@ -1177,15 +1326,25 @@ class Ledger:
                     message_id, attachment_id, owner_id, requester_id, filename, title, auto
                 ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                 """,
-                (imgur_id, link, deletehash, self._clock(), *values),
+                (imgur_id, link, deletehash, now, *values),
             )
-            await db.executemany(
-                "INSERT INTO album_uploads (album_id, position, upload_id) VALUES (?, ?, ?)",
-                [(album_id, position, upload_id) for position, upload_id in enumerate(upload_ids)],
+            # json_each numbers an array's elements from 0: the album order.
+            _change(
+                db,
+                "INSERT INTO album_uploads (album_id, position, upload_id) "
+                "SELECT ?, key, value FROM json_each(?)",
+                (album_id, ids),
             )
-            row = await _fetchone(db, _SELECT_ALBUM + "WHERE id = ?", (album_id,))
-            assert row is not None
-            return _album_from(row)
+            return Album(
+                id=album_id,
+                imgur_id=imgur_id,
+                link=link,
+                deletehash=deletehash,
+                guild_id=origin.guild_id,
+                message_id=origin.message_id,
+                created_at=now,
+                deleted_at=None,
+            )
 
         album = await self._write(
             "record album", work, failure="The album was created but could not be recorded."
@@ -1202,17 +1361,18 @@ class Ledger:
             "WHERE message_id IN (SELECT value FROM json_each(?)) "
             "AND deleted_at IS NULL ORDER BY id"
         )
+        ids = _id_list(message_ids)
 
-        async def work(db: aiosqlite.Connection) -> list[Album]:
-            return [_album_from(row) for row in await _fetchall(db, sql, (_id_list(message_ids),))]
+        def work(db: sqlite3.Connection) -> list[Album]:
+            return [_album_from(row) for row in _fetchall(db, sql, (ids,))]
 
         return await self._read("find albums for messages", work)
 
     async def album_uploads(self, album_id: int) -> list[Upload]:
         """The uploads in an album, in album order."""
 
-        async def work(db: aiosqlite.Connection) -> list[Upload]:
-            rows = await _fetchall(
+        def work(db: sqlite3.Connection) -> list[Upload]:
+            rows = _fetchall(
                 db,
                 _SELECT_UPLOAD
                 + "JOIN album_uploads AS a ON a.upload_id = u.id "
@@ -1229,15 +1389,14 @@ class Ledger:
         Raises:
             RecordNotFound: no album with that id.
         """
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> None:
-            row = await _fetchone(db, "SELECT deleted_at FROM albums WHERE id = ?", (album_id,))
+        def work(db: sqlite3.Connection) -> None:
+            row = _fetchone(db, "SELECT deleted_at FROM albums WHERE id = ?", (album_id,))
             if row is None:
                 raise RecordNotFound("That album is not in the ledger.")
             if row["deleted_at"] is None:
-                await _change(
-                    db, "UPDATE albums SET deleted_at = ? WHERE id = ?", (self._clock(), album_id)
-                )
+                _change(db, "UPDATE albums SET deleted_at = ? WHERE id = ?", (now, album_id))
 
         await self._write("mark album deleted", work)
         log.info("ledger: album %d marked deleted", album_id)
@@ -1246,15 +1405,16 @@ class Ledger:
 
     async def add_auto_channel(self, guild_id: int, channel_id: int, *, added_by: int) -> bool:
         """Turn on auto-rehost in a channel; False if it was already on."""
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> bool:
-            changed = await _change(
+        def work(db: sqlite3.Connection) -> bool:
+            changed = _change(
                 db,
                 """
                 INSERT INTO auto_channels (guild_id, channel_id, added_by, added_at)
                 VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING
                 """,
-                (guild_id, channel_id, added_by, self._clock()),
+                (guild_id, channel_id, added_by, now),
             )
             return changed == 1
 
@@ -1266,8 +1426,8 @@ class Ledger:
     async def remove_auto_channel(self, guild_id: int, channel_id: int) -> bool:
         """Turn off auto-rehost in a channel; False if it was not on."""
 
-        async def work(db: aiosqlite.Connection) -> bool:
-            changed = await _change(
+        def work(db: sqlite3.Connection) -> bool:
+            changed = _change(
                 db,
                 "DELETE FROM auto_channels WHERE guild_id = ? AND channel_id = ?",
                 (guild_id, channel_id),
@@ -1282,8 +1442,8 @@ class Ledger:
     async def auto_channels(self, guild_id: int) -> list[int]:
         """The guild's auto-rehost channels, in the order they were added."""
 
-        async def work(db: aiosqlite.Connection) -> list[int]:
-            rows = await _fetchall(
+        def work(db: sqlite3.Connection) -> list[int]:
+            rows = _fetchall(
                 db,
                 "SELECT channel_id FROM auto_channels WHERE guild_id = ? "
                 "ORDER BY added_at, channel_id",
@@ -1294,8 +1454,8 @@ class Ledger:
         return await self._read("list auto channels", work)
 
     async def is_auto_channel(self, guild_id: int, channel_id: int) -> bool:
-        async def work(db: aiosqlite.Connection) -> bool:
-            row = await _fetchone(
+        def work(db: sqlite3.Connection) -> bool:
+            row = _fetchone(
                 db,
                 "SELECT 1 FROM auto_channels WHERE guild_id = ? AND channel_id = ?",
                 (guild_id, channel_id),
@@ -1306,11 +1466,7 @@ class Ledger:
 
     async def guild_settings(self, guild_id: int) -> GuildSettings:
         """The guild's settings, or the defaults if it never changed any."""
-
-        async def work(db: aiosqlite.Connection) -> GuildSettings:
-            return await self._settings_in(db, guild_id)
-
-        return await self._read("get guild settings", work)
+        return await self._read("get guild settings", partial(_settings_in, guild_id=guild_id))
 
     async def update_guild_settings(
         self,
@@ -1320,9 +1476,10 @@ class Ledger:
         allow_nsfw: bool | None = None,
     ) -> GuildSettings:
         """Change the settings given (None leaves one as it is); the settings after."""
+        now = self._now()
 
-        async def work(db: aiosqlite.Connection) -> GuildSettings:
-            current = await self._settings_in(db, guild_id)
+        def work(db: sqlite3.Connection) -> GuildSettings:
+            current = _settings_in(db, guild_id)
             updated = GuildSettings(
                 guild_id=guild_id,
                 delete_with_source=(
@@ -1330,7 +1487,7 @@ class Ledger:
                 ),
                 allow_nsfw=current.allow_nsfw if allow_nsfw is None else allow_nsfw,
             )
-            await _change(
+            _change(
                 db,
                 """
                 INSERT INTO guild_settings (guild_id, delete_with_source, allow_nsfw, updated_at)
@@ -1340,30 +1497,10 @@ class Ledger:
                     allow_nsfw = excluded.allow_nsfw,
                     updated_at = excluded.updated_at
                 """,
-                (
-                    guild_id,
-                    int(updated.delete_with_source),
-                    int(updated.allow_nsfw),
-                    self._clock(),
-                ),
+                (guild_id, int(updated.delete_with_source), int(updated.allow_nsfw), now),
             )
             return updated
 
         settings = await self._write("update guild settings", work)
         log.info("ledger: guild %d settings now %s", guild_id, settings)
         return settings
-
-    @staticmethod
-    async def _settings_in(db: aiosqlite.Connection, guild_id: int) -> GuildSettings:
-        row = await _fetchone(
-            db,
-            "SELECT delete_with_source, allow_nsfw FROM guild_settings WHERE guild_id = ?",
-            (guild_id,),
-        )
-        if row is None:
-            return GuildSettings(guild_id=guild_id)
-        return GuildSettings(
-            guild_id=guild_id,
-            delete_with_source=bool(row["delete_with_source"]),
-            allow_nsfw=bool(row["allow_nsfw"]),
-        )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import logging
 import sqlite3
+import threading
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -613,14 +616,20 @@ async def test_fresh_database_is_created_at_the_latest_schema(tmp_path: Path) ->
     } <= indexes
 
 
-async def test_connection_settings_protect_the_records(ledger: Ledger) -> None:
-    db = ledger._db  # the settings live on the connection; no public way to read them
+async def on_ledger_thread(ledger: Ledger, sql: str) -> object:
+    """The first value of ``sql`` run on the ledger's own connection, on its own thread."""
 
+    def run() -> object:
+        row = ledger._db.execute(sql).fetchone()
+        return row[0] if row is not None else None
+
+    return await asyncio.wrap_future(ledger._submit(run))
+
+
+async def test_connection_settings_protect_the_records(ledger: Ledger) -> None:
+    # The settings live on the connection; there is no public way to read them.
     async def pragma(name: str) -> object:
-        async with db.execute(f"PRAGMA {name}") as cursor:
-            row = await cursor.fetchone()
-        assert row is not None
-        return row[0]
+        return await on_ledger_thread(ledger, f"PRAGMA {name}")
 
     assert await pragma("journal_mode") == "wal"
     assert await pragma("foreign_keys") == 1
@@ -778,11 +787,10 @@ async def test_locked_database_becomes_a_ledger_error(tmp_path: Path) -> None:
 
 
 async def test_full_disk_becomes_a_ledger_error(ledger: Ledger) -> None:
-    db = ledger._db  # SQLite's page limit stands in for a full disk
-    async with db.execute("PRAGMA page_count") as cursor:
-        row = await cursor.fetchone()
-    assert row is not None
-    await db.execute(f"PRAGMA max_page_count = {int(row[0])}")
+    # SQLite's page limit stands in for a full disk.
+    pages = await on_ledger_thread(ledger, "PRAGMA page_count")
+    assert isinstance(pages, int)
+    await on_ledger_thread(ledger, f"PRAGMA max_page_count = {pages}")
 
     async def fill() -> None:
         for n in range(1000):
@@ -934,6 +942,132 @@ async def test_burst_of_200_concurrent_uploads_leaves_consistent_records(
     assert shared is not None
     assert shared.imgur_id in {f"img{n}" for n in range(0, 200, 10)}
     assert await ledger.integrity_ok()
+
+
+async def record_statements(ledger: Ledger) -> list[str]:
+    """Every statement the ledger's connection runs from now on (the test's eyes only)."""
+    statements: list[str] = []
+
+    def install() -> None:
+        ledger._db.set_trace_callback(statements.append)
+
+    await asyncio.wrap_future(ledger._submit(install))
+    return statements
+
+
+@contextlib.asynccontextmanager
+async def writes_held_back(ledger: Ledger) -> AsyncIterator[None]:
+    """Keep the ledger's thread busy, so the writes made meanwhile wait there together."""
+    release = threading.Event()
+    held = ledger._submit(partial(release.wait, 30))
+    try:
+        yield
+        await asyncio.sleep(0)  # the writes' tasks run up to their wait
+    finally:
+        release.set()
+    await asyncio.wrap_future(held)
+
+
+async def test_writes_waiting_together_share_one_commit(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    async with await Ledger.open(path) as ledger:
+        statements = await record_statements(ledger)
+        async with writes_held_back(ledger):
+            writes = [
+                asyncio.create_task(ledger.add_auto_channel(GUILD, channel, added_by=1))
+                for channel in range(10)
+            ]
+
+        assert await asyncio.wait_for(asyncio.gather(*writes), 30) == [True] * 10
+        assert statements.count("COMMIT") == 1
+        # Committed before the callers heard back: another connection sees every row.
+        assert len(read_db(path, "SELECT * FROM auto_channels")) == 10
+
+
+async def test_one_failing_write_in_a_group_is_undone_alone(ledger: Ledger) -> None:
+    await upload(ledger, 1)
+    clashing = await ledger.begin_upload(
+        sha256=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
+    )
+    statements = await record_statements(ledger)
+    async with writes_held_back(ledger):
+        before = asyncio.create_task(ledger.add_auto_channel(GUILD, 1, added_by=1))
+        failing = asyncio.create_task(
+            ledger.complete_upload(clashing, imgur_id="img1", link="l", deletehash="dh")
+        )
+        after = asyncio.create_task(
+            ledger.begin_upload(
+                sha256=digest(3), size=1, mime="image/png", kind="image", origin=discord_origin()
+            )
+        )
+        missing = asyncio.create_task(ledger.abandon_upload(999, "x"))
+
+    assert await asyncio.wait_for(before, 30) is True
+    with pytest.raises(LedgerError, match="uploaded but could not be recorded") as caught:
+        await asyncio.wait_for(failing, 30)
+    assert isinstance(caught.value.__cause__, sqlite3.IntegrityError)
+    with pytest.raises(RecordNotFound):
+        await asyncio.wait_for(missing, 30)
+    pending_id = await asyncio.wait_for(after, 30)
+
+    assert statements.count("COMMIT") == 1
+    assert statements.count("ROLLBACK TO write") == 2
+    assert await ledger.auto_channels(GUILD) == [1]
+    pending = {u.id: u for u, _ in await ledger.pending_uploads()}
+    assert set(pending) == {clashing, pending_id}
+    assert (pending[clashing].imgur_id, pending[clashing].deletehash) == (None, None)
+    assert await ledger.integrity_ok()
+
+
+async def test_full_disk_fails_only_the_write_that_did_not_fit(ledger: Ledger) -> None:
+    pages = await on_ledger_thread(ledger, "PRAGMA page_count")
+    assert isinstance(pages, int)
+    await on_ledger_thread(ledger, f"PRAGMA max_page_count = {pages + 4}")
+
+    def begin(n: int, title: str) -> asyncio.Task[int]:
+        return asyncio.create_task(
+            ledger.begin_upload(
+                sha256=digest(n),
+                size=1,
+                mime="image/png",
+                kind="image",
+                origin=discord_origin(title=title),
+            )
+        )
+
+    async with writes_held_back(ledger):
+        writes = [begin(n, "small") for n in range(3)]
+        writes.append(begin(99, "x" * 100_000))
+        writes += [begin(n, "small") for n in range(3, 6)]
+    results = await asyncio.wait_for(asyncio.gather(*writes, return_exceptions=True), 30)
+
+    failure = results.pop(3)
+    assert isinstance(failure, LedgerError)
+    assert "full" in str(failure.__cause__)
+    assert all(isinstance(r, int) for r in results)
+    assert len(await ledger.pending_uploads()) == 6
+    assert await ledger.integrity_ok()
+
+
+async def test_writes_before_one_that_ends_the_transaction_are_run_again(
+    ledger: Ledger,
+) -> None:
+    # SQLite ends the whole transaction on some errors (I/O, out of memory); this write
+    # plays one, so the writes that shared its transaction must not be lost with it.
+    def ends_the_transaction(db: sqlite3.Connection) -> None:
+        db.execute("ROLLBACK")
+        raise sqlite3.OperationalError("disk I/O error")
+
+    async with writes_held_back(ledger):
+        before = asyncio.create_task(ledger.add_auto_channel(GUILD, 1, added_by=1))
+        failing = asyncio.create_task(ledger._write("fail on purpose", ends_the_transaction))
+        after = asyncio.create_task(ledger.add_auto_channel(GUILD, 2, added_by=1))
+
+    with pytest.raises(LedgerError) as caught:
+        await asyncio.wait_for(failing, 30)
+    assert "I/O" in str(caught.value.__cause__)
+    assert await asyncio.wait_for(asyncio.gather(before, after), 30) == [True, True]
+    assert await ledger.auto_channels(GUILD) == [1, 2]
 
 
 async def test_id_beyond_64_bits_is_refused_not_truncated(ledger: Ledger) -> None:
