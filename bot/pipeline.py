@@ -11,6 +11,7 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot import sources
@@ -23,6 +24,14 @@ from bot.sources import Fetcher, ProgressCallback, Source, UrlSource
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted by a restart"
+
+
+@dataclass
+class _SharedLock:
+    """A lock kept only while someone holds or awaits it."""
+
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    users: int = 0
 
 
 class Pipeline:
@@ -44,7 +53,7 @@ class Pipeline:
         self.scheduler = scheduler
         self.limits = limits
         self._spool_dir = spool_dir
-        self._same_bytes: dict[str, asyncio.Lock] = {}
+        self._same_bytes: dict[str, _SharedLock] = {}
         # What the last reconcile() closed, so a door can tell whoever asked (see reconcile).
         self.interrupted: list[tuple[Upload, Origin]] = []
 
@@ -143,13 +152,15 @@ class Pipeline:
 
     @contextlib.asynccontextmanager
     async def _one_at_a_time(self, sha256: str) -> AsyncIterator[None]:
-        """Serialise work on the same bytes, so two identical posts call Imgur once."""
-        lock = self._same_bytes.setdefault(sha256, asyncio.Lock())
+        """Serialise work on the same bytes: one Imgur call for identical posts, one deletion."""
+        entry = self._same_bytes.setdefault(sha256, _SharedLock())
+        entry.users += 1
         try:
-            async with lock:
+            async with entry.lock:
                 yield
         finally:
-            if not lock.locked() and self._same_bytes.get(sha256) is lock:
+            entry.users -= 1
+            if entry.users == 0:
                 del self._same_bytes[sha256]
 
     async def delete_upload(self, upload: Upload, *, by: int | None, reason: str) -> None:
@@ -158,22 +169,34 @@ class Pipeline:
         Raises:
             ImgurError: Imgur could not delete it; the record stays live so it can be retried.
         """
-        if upload.deletehash is not None:
-            gone = not await self.imgur.delete_image(upload.deletehash)
+        async with self._one_at_a_time(upload.sha256):
+            await self._delete_upload(upload, by=by, reason=reason)
+
+    async def _delete_upload(self, upload: Upload, *, by: int | None, reason: str) -> bool:
+        """Delete an upload still live on record; False if someone else already had."""
+        current = await self.ledger.get_upload(upload.imgur_id) if upload.imgur_id else None
+        if current is None or current.state != "done":
+            return False
+        if current.deletehash is not None:
+            gone = not await self.imgur.delete_image(current.deletehash)
             if gone:
-                log.info("upload %s was already gone from Imgur", upload.imgur_id)
-        await self.ledger.mark_upload_deleted(upload.id, by=by, reason=reason)
-        log.info("deleted upload %s (%s)", upload.imgur_id, reason)
+                log.info("upload %s was already gone from Imgur", current.imgur_id)
+        await self.ledger.mark_upload_deleted(current.id, by=by, reason=reason)
+        log.info("deleted upload %s (%s)", current.imgur_id, reason)
+        return True
 
     async def release(
         self, rehosts: Sequence[Rehost], *, by: int | None, reason: str
     ) -> list[Upload]:
         """Withdraw ``rehosts``; delete from Imgur each upload that nothing else still uses.
 
-        Each upload is settled on its own: Imgur first, then the record, so a failure leaves
-        that upload's rehosts live for a later attempt and does not stop the others.
+        Each upload is settled on its own and under the lock of its bytes, so overlapping
+        take-downs (a deleted source message and a moderator, say) delete it from Imgur once
+        and a new post of the same bytes never reuses an upload being deleted. Imgur goes
+        first, then the record: a failure leaves that upload's rehosts live for a later
+        attempt and does not stop the others.
 
-        Returns the uploads deleted from Imgur.
+        Returns the uploads this call deleted from Imgur.
 
         Raises:
             ImgurError: the first Imgur failure, after every other upload was settled.
@@ -184,18 +207,20 @@ class Pipeline:
 
         for upload_id, upload in {r.upload.id: r.upload for r in rehosts}.items():
             mine = [r.id for r in rehosts if r.upload.id == upload_id]
-            live = await self.ledger.rehosts_of(upload_id, live_only=True)
-            if any(r.id not in withdrawn for r in live):
-                log.info("upload %s is still used by other rehosts; kept", upload.imgur_id)
-                await self.ledger.mark_rehosts_deleted(mine, by=by, reason=reason)
-                continue
-            try:
-                await self.delete_upload(upload, by=by, reason=reason)
-            except ImgurError as exc:
-                log.warning("could not delete upload %s from Imgur: %s", upload.imgur_id, exc)
-                failure = failure or exc
-                continue
-            deleted.append(upload)
+            async with self._one_at_a_time(upload.sha256):
+                live = await self.ledger.rehosts_of(upload_id, live_only=True)
+                if any(r.id not in withdrawn for r in live):
+                    log.info("upload %s is still used by other rehosts; kept", upload.imgur_id)
+                    await self.ledger.mark_rehosts_deleted(mine, by=by, reason=reason)
+                    continue
+                try:
+                    if await self._delete_upload(upload, by=by, reason=reason):
+                        deleted.append(upload)
+                    else:
+                        await self.ledger.mark_rehosts_deleted(mine, by=by, reason=reason)
+                except ImgurError as exc:
+                    log.warning("could not delete upload %s from Imgur: %s", upload.imgur_id, exc)
+                    failure = failure or exc
 
         if failure is not None:
             raise failure

@@ -289,16 +289,6 @@ async def test_copies_stay_when_the_server_keeps_them_after_deletion(
     assert not kept_reply.deleted
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "two take-downs of one source message overlap (cogs/source_deletion.py on the delete "
-        "event, cogs/auto_rehost.py when it finds the source gone after replying): "
-        "Pipeline.release deletes from Imgur before marking the record, so both see the "
-        "rehosts live and both send DELETE; release must be serialised per upload and skip "
-        "rehosts and uploads already withdrawn"
-    ),
-)
 async def test_a_source_deleted_while_its_reply_is_held_up_is_deleted_from_imgur_once(
     stage: Stage, server: Server
 ) -> None:
