@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 Door = Literal["discord", "cli", "http"]
-Params = Sequence[Any] | Mapping[str, Any]
+_Params = Sequence[Any] | Mapping[str, Any]
 
 UPLOAD_KINDS: Final = frozenset({"image", "animated", "video"})
 UPLOAD_STATES: Final = frozenset({"pending", "done", "deleted", "failed"})
@@ -443,21 +443,21 @@ def _normal_sha256(sha256: str) -> str:
 # --- statements: plain functions run on the database thread ---------------------------------
 
 
-def _fetchone(db: sqlite3.Connection, sql: str, params: Params) -> sqlite3.Row | None:
+def _fetchone(db: sqlite3.Connection, sql: str, params: _Params) -> sqlite3.Row | None:
     row: sqlite3.Row | None = db.execute(sql, params).fetchone()
     return row
 
 
-def _fetchall(db: sqlite3.Connection, sql: str, params: Params) -> list[sqlite3.Row]:
+def _fetchall(db: sqlite3.Connection, sql: str, params: _Params) -> list[sqlite3.Row]:
     return db.execute(sql, params).fetchall()
 
 
-def _change(db: sqlite3.Connection, sql: str, params: Params) -> int:
+def _change(db: sqlite3.Connection, sql: str, params: _Params) -> int:
     """Run one INSERT/UPDATE/DELETE; the number of rows it touched."""
     return db.execute(sql, params).rowcount
 
 
-def _insert(db: sqlite3.Connection, sql: str, params: Params) -> int:
+def _insert(db: sqlite3.Connection, sql: str, params: _Params) -> int:
     row_id = db.execute(sql, params).lastrowid
     if row_id is None:  # pragma: no cover - sqlite always reports it after an INSERT
         raise sqlite3.DatabaseError("INSERT reported no row id")
@@ -775,8 +775,7 @@ class Ledger:
             self._commit_together(batch)
         except BaseException as exc:  # pragma: no cover - a bug here must not hang callers
             log.exception("ledger: the write queue failed")
-            if self._db.in_transaction:
-                self._db.execute("ROLLBACK")
+            self._rollback()
             for write in batch:
                 if not write.future.done():
                     write.fail(exc)
@@ -816,17 +815,15 @@ class Ledger:
             done.append((write, result))
 
         if not done:
-            db.execute("ROLLBACK")
+            self._rollback()
             return
         try:
             db.execute("COMMIT")
         except sqlite3.Error as exc:
+            # Not retried: a commit that failed while writing may still surface on recovery.
             self._rollback()
-            if len(done) == 1:
-                done[0][0].fail(exc)
-            else:  # give each its own chance, and its own error
-                for write, _ in done:
-                    self._commit_together([write])
+            for write, _ in done:
+                write.fail(exc)
             return
         for write, result in done:
             write.succeed(result)
