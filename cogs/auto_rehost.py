@@ -75,7 +75,10 @@ class AutoRehost(commands.Cog):
         ledger = self.bot.services.ledger
         if channel.type is discord.ChannelType.category:
             raise UsageError("Pick a channel, not a category.")
-        if channel.is_nsfw() and not (await ledger.guild_settings(guild_id)).allow_nsfw:
+        # The option's channel carries only id, name, type and permissions (not the NSFW
+        # flag, whatever discord.py's default says): look the channel itself up.
+        full = channel.resolve() or await channel.fetch()
+        if _is_nsfw(full) and not (await ledger.guild_settings(guild_id)).allow_nsfw:
             raise UsageError(
                 f"<#{channel.id}> is marked NSFW and Imgur bans explicit content, so it is not "
                 "rehosted. A manager can allow it with `/imgur-settings allow-nsfw`."

@@ -105,8 +105,10 @@ def make_app_channel(channel: Any, *, category: bool = False) -> Any:
     option.id = channel.id
     option.guild_id = channel.guild.id
     option.type = discord.ChannelType.category if category else discord.ChannelType.text
-    option.nsfw = channel.is_nsfw()
-    option.is_nsfw.return_value = channel.is_nsfw()
+    # Discord's resolved option channel has no NSFW flag; only the channel itself knows.
+    option.nsfw = False
+    option.is_nsfw.return_value = False
+    option.resolve.return_value = channel
     option.mention = f"<#{channel.id}>"
     return option
 

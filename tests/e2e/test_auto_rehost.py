@@ -184,14 +184,6 @@ async def test_an_nsfw_channel_is_not_rehosted_until_the_server_allows_it(
     assert link_of(stage.imgur, image) in reply.content
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "cogs/auto_rehost.py asks the resolved option channel is_nsfw(), but Discord's "
-        "resolved channels carry only id, name, type and permissions (no nsfw); the bot must "
-        "look the channel up (channel.resolve() / guild.get_channel) before checking"
-    ),
-)
 async def test_adding_an_nsfw_channel_is_refused_with_a_reason(
     stage: Stage, server: Server
 ) -> None:
