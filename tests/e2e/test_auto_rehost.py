@@ -288,7 +288,7 @@ async def test_a_source_deleted_while_its_reply_is_held_up_is_deleted_from_imgur
     # The reply is held up by a rate limit, and Imgur is slow to delete: the deletion of the
     # source and the auto-rehost finding its source gone overlap.
     stage.discord.inject_rate_limit(f"POST /channels/{server.media.id}/messages", retry_after=0.3)
-    stage.imgur.fail_next("slow", method="DELETE", path="/3/image", delay=2.0)
+    stage.imgur.fail_next("slow", method="DELETE", path="/3/image", delay=1.0)
     data = fresh_png()
 
     message = await stage.discord.post_message(
