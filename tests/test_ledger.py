@@ -152,6 +152,32 @@ async def test_upload_goes_pending_then_done_then_reused_then_deleted(ledger: Le
     assert await ledger.find_live_upload(digest(1)) is None
 
 
+async def test_records_returned_by_writes_match_what_is_read_back(ledger: Ledger) -> None:
+    origin = Origin(door="http", requester_id=BIGGEST_SNOWFLAKE, title="t", auto=True)
+    failed = await ledger.begin_upload(
+        sha256=digest(1), size=7, mime="video/mp4", kind="video", origin=origin
+    )
+    await ledger.abandon_upload(failed, "timed out")
+    first = await ledger.complete_upload(
+        failed, imgur_id="late", link="https://i.imgur.com/late.mp4", deletehash="dh"
+    )
+    reuse = await ledger.record_reuse(first.upload.id, discord_origin(filename=None))
+    album = await ledger.record_album(
+        imgur_id="alb",
+        link="https://imgur.com/a/alb",
+        deletehash="album-dh",
+        upload_ids=[first.upload.id, first.upload.id],
+        origin=discord_origin(message_id=55),
+    )
+
+    assert await ledger.get_rehost(first.id) == first
+    assert await ledger.get_rehost(reuse.id) == reuse
+    assert await ledger.albums_for_messages([55]) == [album]
+    assert [u.id for u in await ledger.album_uploads(album.id)] == [first.upload.id] * 2
+    assert first.origin == origin
+    assert first.created_at == first.upload.completed_at
+
+
 async def test_deleting_an_upload_twice_keeps_the_first_record(ledger: Ledger) -> None:
     rehost = await upload(ledger, 1)
 
