@@ -151,21 +151,24 @@ async def bare_loop(url: str, posted: list[tuple[int, int, int, bytes]]) -> floa
 
 
 def count_ledger_round_trips() -> dict[str, float]:
-    """Count and time the calls the ledger hands to its SQLite thread (aiosqlite's hook)."""
-    import aiosqlite.core
+    """Count the jobs the ledger hands to its SQLite thread, and time them there."""
+    from bot.ledger import Ledger
 
     counted = {"round_trips": 0.0, "busy": 0.0}
-    original = aiosqlite.core.Connection._execute
+    original = Ledger._submit
 
-    async def execute(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    def submit(self: Any, job: Any) -> Any:
+        def timed() -> Any:
+            started = time.perf_counter()
+            try:
+                return job()
+            finally:
+                counted["busy"] += time.perf_counter() - started
+
         counted["round_trips"] += 1
-        started = time.perf_counter()
-        try:
-            return await original(self, fn, *args, **kwargs)
-        finally:
-            counted["busy"] += time.perf_counter() - started
+        return original(self, timed)
 
-    aiosqlite.core.Connection._execute = execute  # type: ignore[method-assign]
+    Ledger._submit = submit  # type: ignore[method-assign]
     return counted
 
 
