@@ -32,7 +32,7 @@ from bot.imgur import (
     ImgurRejected,
     ImgurUnavailable,
 )
-from bot.ledger import Origin, Upload
+from bot.ledger import Origin
 from bot.services import Services
 from bot.sources import StreamSource
 from tests import samples
@@ -298,18 +298,29 @@ async def test_deleting_what_imgur_already_lost_closes_the_record(
     assert gone.state == "deleted"
 
 
-async def test_a_deletehash_imgur_does_not_know_is_reported_not_retried(
+async def test_a_malformed_deletehash_is_refused_before_any_request(
+    fast: Services, imgur: ImgurStandIn
+) -> None:
+    with pytest.raises(ImgurNotFound):
+        await fast.imgur.delete_image("no/such hash")
+
+    assert not [r for r in imgur.requests if r.method == "DELETE"]
+
+
+async def test_an_upload_imgur_no_longer_knows_is_closed_on_record(
     fast: Services, imgur: ImgurStandIn
 ) -> None:
     rehost = await fast.pipeline.rehost(
         StreamSource(_chunks(samples.png(seed=82)), "a.png"), ORIGIN
     )
-    broken = Upload(**{**rehost.upload.__dict__, "deletehash": "no/such hash"})
+    del imgur.images[rehost.upload.imgur_id]  # type: ignore[arg-type]
 
-    with pytest.raises(ImgurNotFound):
-        await fast.pipeline.delete_upload(broken, by=1, reason="test")
+    await fast.pipeline.delete_upload(rehost.upload, by=1, reason="test")
 
-    assert not [r for r in imgur.requests if r.method == "DELETE"]
+    stored = await fast.ledger.get_upload(rehost.upload.imgur_id)  # type: ignore[arg-type]
+    assert stored is not None
+    assert stored.state == "deleted"
+    assert len([r for r in imgur.requests if r.method == "DELETE"]) == 1
 
 
 # --- a burst with faults mixed in ------------------------------------------------------------
