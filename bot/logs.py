@@ -8,11 +8,15 @@ from collections.abc import Iterable
 
 # Interaction and webhook tokens travel in URL paths that discord.py logs at DEBUG.
 _TOKEN_IN_PATH = re.compile(r"(/(?:webhooks|interactions)/\d+/)[A-Za-z0-9_.\-]{20,}")
+# discord.py logs whole gateway payloads at DEBUG; each interaction carries its token.
+_SECRET_FIELD = re.compile(
+    r"""(["'](?:token|access_token|refresh_token|deletehash)["']\s*:\s*["'])[^"']+"""
+)
 REDACTED = "[redacted]"
 
 
 class RedactingFilter(logging.Filter):
-    """Replaces known secrets, and tokens in interaction URLs, with ``[redacted]``."""
+    """Replaces known secrets, interaction tokens and secret fields with ``[redacted]``."""
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
         super().__init__()
@@ -21,7 +25,8 @@ class RedactingFilter(logging.Filter):
     def redact(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, REDACTED)
-        return _TOKEN_IN_PATH.sub(rf"\1{REDACTED}", text)
+        text = _TOKEN_IN_PATH.sub(rf"\1{REDACTED}", text)
+        return _SECRET_FIELD.sub(rf"\1{REDACTED}", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import asyncio
+import json
 import logging
 import os
 import sqlite3
@@ -297,6 +298,11 @@ def restore_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
+# Secrets the filter is not told about: found by the shape of what carries them.
+UNKNOWN_INTERACTION_TOKEN = "aW50ZXJhY3Rpb246MTIzNDU2Nzg5MDp0b2tlbg"
+DELETEHASH = "Zq8sLm2Xv9Rt4Wp"
+
+
 def debug_logging() -> None:
     # Called in the test body, once capsys has replaced sys.stderr.
     setup_logging("DEBUG", [TOKEN, CLIENT_ID, ACCESS_TOKEN, HTTP_TOKEN])
@@ -328,11 +334,17 @@ def test_tokens_are_redacted_at_debug_from_every_library(
     except RuntimeError:
         logging.getLogger("discord.client").exception("Attempting a reconnect")
     logging.getLogger("asyncio").debug(f"task with {CLIENT_ID} in its repr")  # noqa: G004
+    logging.getLogger("discord.gateway").debug(
+        "For Shard ID %s: WebSocket Event: %s",
+        None,
+        {"t": "INTERACTION_CREATE", "d": {"id": "1", "token": UNKNOWN_INTERACTION_TOKEN}},
+    )
+    logging.getLogger("bot.web").debug("answer %s", json.dumps({"deletehash": DELETEHASH}))
 
     err = capsys.readouterr().err
-    assert err.count("\n") >= 11, "every record must still be written"
+    assert err.count("\n") >= 13, "every record must still be written"
     assert REDACTED in err
-    for secret in SECRETS:
+    for secret in (*SECRETS, UNKNOWN_INTERACTION_TOKEN, DELETEHASH):
         assert secret not in err
 
 
