@@ -21,7 +21,7 @@ test: $(BIN)/.dev
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 $(BIN)/.bench: requirements.txt requirements-bench.txt $(BIN)/.runtime
 	$(BIN)/pip install --quiet --disable-pip-version-check -r requirements-bench.txt
