@@ -15,7 +15,7 @@ $(BIN)/.dev: requirements.txt requirements-dev.txt $(BIN)/.runtime
 	touch $@
 
 run: $(BIN)/.runtime
-	$(BIN)/python -m bot run
+	@$(BIN)/python -m bot run
 
 test: $(BIN)/.dev
 	$(BIN)/ruff format --check .
