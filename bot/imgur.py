@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import io
 import json
 import logging
 import math
@@ -757,9 +758,11 @@ class _FilePart(Payload):
         sent = 0
         while sent < limit:
             try:
-                chunk = await loop.run_in_executor(
-                    None, self._reader.read, min(CHUNK_SIZE, limit - sent)
-                )
+                size = min(CHUNK_SIZE, limit - sent)
+                if isinstance(self._reader, io.BytesIO):
+                    chunk = self._reader.read(size)  # memory: nothing to wait for
+                else:
+                    chunk = await loop.run_in_executor(None, self._reader.read, size)
             except (OSError, ValueError) as exc:
                 self.failure = exc
                 raise

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot import sources
+from bot.errors import RehostError
 from bot.imgur import ImgurAlbum, ImgurClient, ImgurError
 from bot.ledger import Album, Ledger, LedgerError, Origin, Rehost, Upload
 from bot.media import MediaKind, MediaLimits
@@ -91,8 +92,7 @@ class Pipeline:
                         (time.monotonic() - started) * 1000,
                     )
                     return rehost
-                async with self.scheduler.slot(origin):
-                    rehost = await self._upload(spooled, origin, on_progress)
+                rehost = await self._upload(spooled, origin, on_progress)
         finally:
             await asyncio.to_thread(spooled.close)
 
@@ -122,15 +122,18 @@ class Pipeline:
             if on_progress is not None:
                 on_progress("upload", sent, spooled.size)
 
+        # The turn covers the Imgur call alone: the two commits around it (an fsync each)
+        # keep no other upload waiting.
         try:
-            image = await self.imgur.upload(
-                spooled,
-                video=spooled.kind is MediaKind.VIDEO,
-                title=origin.title,
-                on_progress=report,
-            )
+            async with self.scheduler.slot(origin):
+                image = await self.imgur.upload(
+                    spooled,
+                    video=spooled.kind is MediaKind.VIDEO,
+                    title=origin.title,
+                    on_progress=report,
+                )
         except BaseException as exc:
-            reason = exc.user_message if isinstance(exc, ImgurError) else type(exc).__name__
+            reason = exc.user_message if isinstance(exc, RehostError) else type(exc).__name__
             with contextlib.suppress(LedgerError):
                 await asyncio.shield(self.ledger.abandon_upload(pending_id, reason))
             raise

@@ -246,7 +246,10 @@ class Spool:
         self.media_type: MediaType | None = None
         self._directory = directory
         self._hash = hashlib.sha256()
-        self._memory = bytearray()
+        # Small files: the chunks as they came, joined once when filled (no regrowing buffer).
+        self._chunks: list[bytes] = []
+        self._held = 0
+        self._memory = b""
         self._file: BinaryIO | None = None
         self._path: Path | None = None
         self._tail = b""
@@ -263,21 +266,22 @@ class Spool:
     def open(self) -> BinaryIO:
         """A fresh reader at the first byte."""
         if self._path is None:
-            return io.BytesIO(self._memory)
+            return io.BytesIO(self._memory)  # shares the bytes until written to: no copy
         return self._path.open("rb")
 
     def absorb(self, data: bytes) -> None:
         """Hash and store ``data``; blocking, so called from a worker thread."""
         self._hash.update(data)
         self._tail = (self._tail + data[-media.TAIL_BYTES :])[-media.TAIL_BYTES :]
-        if self._file is None and len(self._memory) + len(data) > MEMORY_SPOOL_LIMIT:
+        if self._file is None and self._held + len(data) > MEMORY_SPOOL_LIMIT:
             handle, name = tempfile.mkstemp(prefix="rehost-", dir=self._directory)
             self._path = Path(name)
             self._file = os.fdopen(handle, "wb")
-            self._file.write(self._memory)
-            self._memory = bytearray()
+            self._file.writelines(self._chunks)
+            self._chunks, self._held = [], 0
         if self._file is None:
-            self._memory += data
+            self._chunks.append(data)
+            self._held += len(data)
         else:
             self._file.write(data)
 
@@ -287,19 +291,23 @@ class Spool:
             self.absorb(chunk)
 
     def finish(self) -> None:
-        """Flush the file; blocking."""
+        """Flush the file, or join the chunks held in memory; blocking."""
         if self._file is not None:
             self._file.close()
             self._file = None
+        elif self._chunks:
+            self._memory = b"".join(self._chunks)
+            self._chunks, self._held = [], 0
 
     def close(self) -> None:
         """Release the memory or the temporary file; blocking."""
+        self._chunks, self._held = [], 0
         self.finish()
         if self._path is not None:
             with contextlib.suppress(FileNotFoundError):
                 self._path.unlink()
             self._path = None
-        self._memory = bytearray()
+        self._memory = b""
 
     @property
     def tail(self) -> bytes:
