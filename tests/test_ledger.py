@@ -874,7 +874,9 @@ async def test_records_never_show_the_deletehash_in_repr(ledger: Ledger) -> None
     assert "img1" in repr(rehost)
 
 
-async def test_cancelled_caller_does_not_lose_a_completed_upload(ledger: Ledger) -> None:
+async def test_cancelled_caller_does_not_lose_a_completed_upload(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite3"
+    ledger = await Ledger.open(path)
     pending_id = await ledger.begin_upload(
         sha256=digest(1), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
@@ -886,11 +888,13 @@ async def test_cancelled_caller_does_not_lose_a_completed_upload(ledger: Ledger)
     caller.cancel()
     with pytest.raises(asyncio.CancelledError):
         await caller
+    await ledger.close()  # waits for the write the caller left behind
 
-    kept = await ledger.get_upload("kept")
-    assert kept is not None
-    assert (kept.state, kept.deletehash) == ("done", "dh-kept")
-    assert len(await ledger.rehosts_of(kept.id)) == 1
+    async with await Ledger.open(path) as reopened:
+        kept = await reopened.get_upload("kept")
+        assert kept is not None
+        assert (kept.state, kept.deletehash) == ("done", "dh-kept")
+        assert len(await reopened.rehosts_of(kept.id)) == 1
 
 
 async def test_closed_ledger_refuses_calls(tmp_path: Path) -> None:
