@@ -7,7 +7,7 @@
 2. A burst of 200 attachments of 1 MB from 10 guilds (``bench.burst``).
 3. A simulated day at twice Imgur's limits (``bench.quota_day``).
 
-The report goes to stdout and to ``bench/RESULTS.md``.
+The report goes to stdout, to ``bench/RESULTS.md`` and into the README's benchmark section.
 """
 
 from __future__ import annotations
@@ -284,6 +284,20 @@ def main() -> None:
     text = "\n".join(lines) + "\n"
     sys.stdout.write(text)
     args.out.write_text(text)
+    show_in_readme(text)
+
+
+def show_in_readme(text: str) -> None:
+    """Put the report in the README, between its two benchmark markers."""
+    readme = ROOT / "README.md"
+    start, end = "<!-- bench:start -->", "<!-- bench:end -->"
+    current = readme.read_text()
+    if start not in current or end not in current:
+        print(f"README.md has no {start} ... {end} block; not updated", file=sys.stderr)
+        return
+    head, rest = current.split(start, 1)
+    tail = rest.split(end, 1)[1]
+    readme.write_text(f"{head}{start}\n{text}{end}{tail}")
 
 
 if __name__ == "__main__":
