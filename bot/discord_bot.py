@@ -166,6 +166,15 @@ async def defer_publicly(interaction: discord.Interaction[Any]) -> None:
     interaction.extras[PUBLIC_ANSWER] = True
 
 
+async def defer_privately(interaction: discord.Interaction[Any]) -> None:
+    """Show "thinking…" to the person who asked alone, before any slow work (the ledger too).
+
+    Discord drops an interaction that is not answered within 3 seconds; ``answer_privately``
+    then puts the answer in the place of the "thinking…" message.
+    """
+    await interaction.response.defer(ephemeral=True, thinking=True)
+
+
 async def answer_privately(interaction: discord.Interaction[Any], text: str) -> None:
     """Answer only the person who asked, whatever has been answered before."""
     if not interaction.response.is_done():

@@ -19,6 +19,8 @@ from bot.discord_bot import (
     RehostBot,
     ShuttingDown,
     UsageError,
+    answer_privately,
+    defer_privately,
     guild_of_interaction,
 )
 from bot.errors import RehostError
@@ -75,6 +77,8 @@ class AutoRehost(commands.Cog):
         ledger = self.bot.services.ledger
         if channel.type is discord.ChannelType.category:
             raise UsageError("Pick a channel, not a category.")
+        await defer_privately(interaction)
+
         # The option's channel carries only id, name, type and permissions (not the NSFW
         # flag, whatever discord.py's default says): look the channel itself up.
         full = channel.resolve() or await channel.fetch()
@@ -97,7 +101,7 @@ class AutoRehost(commands.Cog):
                 "\n⚠️ It is paused: the bot's owner must switch on the Message Content intent "
                 f"({PORTAL_HINT}) and restart the bot."
             )
-        await interaction.response.send_message(text, ephemeral=True)
+        await answer_privately(interaction, text)
 
     @auto.command(name="remove")
     @app_commands.describe(channel="The channel to stop rehosting")
@@ -107,24 +111,28 @@ class AutoRehost(commands.Cog):
     ) -> None:
         """Stop rehosting a channel automatically."""
         guild_id = guild_of_interaction(interaction)
+        await defer_privately(interaction)
+
         removed = await self.bot.services.ledger.remove_auto_channel(guild_id, channel.id)
         if removed:
             text = f"Auto-rehost is off in <#{channel.id}>."
         else:
             text = f"Auto-rehost was not on in <#{channel.id}>."
-        await interaction.response.send_message(text, ephemeral=True)
+        await answer_privately(interaction, text)
 
     @auto.command(name="list")
     @app_commands.checks.has_permissions(manage_guild=True)
     async def list_channels(self, interaction: discord.Interaction[RehostBot]) -> None:
         """Show the channels rehosted automatically."""
         guild_id = guild_of_interaction(interaction)
+        await defer_privately(interaction)
+
         channels = await self.bot.services.ledger.auto_channels(guild_id)
         if not channels:
             text = "No channel is rehosted automatically. Add one with `/imgur-auto add`."
         else:
             text = fit(["Rehosted automatically:", *(f"• <#{c}>" for c in channels)])
-        await interaction.response.send_message(text, ephemeral=True)
+        await answer_privately(interaction, text)
 
     @commands.Cog.listener()
     async def on_guild_channel_delete(self, channel: discord.abc.GuildChannel) -> None:

@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, guild_of_interaction
+from bot.discord_bot import RehostBot, answer_privately, defer_privately, guild_of_interaction
 from bot.ledger import GuildSettings
 
 log = logging.getLogger(__name__)
@@ -41,8 +41,10 @@ class ServerSettings(commands.Cog):
     async def show(self, interaction: discord.Interaction[RehostBot]) -> None:
         """Show this server's settings."""
         guild_id = guild_of_interaction(interaction)
+        await defer_privately(interaction)
+
         current = await self.bot.services.ledger.guild_settings(guild_id)
-        await interaction.response.send_message(describe_settings(current), ephemeral=True)
+        await answer_privately(interaction, describe_settings(current))
 
     @settings.command(name="delete-with-source")
     @app_commands.describe(enabled="True: copies go when the message goes. False: keep them.")
@@ -52,10 +54,12 @@ class ServerSettings(commands.Cog):
     ) -> None:
         """Choose whether deleting a message deletes its copies on Imgur (keep for evidence)."""
         guild_id = guild_of_interaction(interaction)
+        await defer_privately(interaction)
+
         updated = await self.bot.services.ledger.update_guild_settings(
             guild_id, delete_with_source=enabled
         )
-        await interaction.response.send_message(describe_settings(updated), ephemeral=True)
+        await answer_privately(interaction, describe_settings(updated))
 
     @settings.command(name="allow-nsfw")
     @app_commands.describe(
@@ -65,8 +69,10 @@ class ServerSettings(commands.Cog):
     async def allow_nsfw(self, interaction: discord.Interaction[RehostBot], enabled: bool) -> None:
         """Choose whether channels marked NSFW may be auto-rehosted."""
         guild_id = guild_of_interaction(interaction)
+        await defer_privately(interaction)
+
         updated = await self.bot.services.ledger.update_guild_settings(guild_id, allow_nsfw=enabled)
-        await interaction.response.send_message(describe_settings(updated), ephemeral=True)
+        await answer_privately(interaction, describe_settings(updated))
 
 
 async def setup(bot: RehostBot) -> None:

@@ -11,7 +11,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, guild_of_interaction
+from bot.discord_bot import RehostBot, defer_privately, guild_of_interaction
 from bot.imgur import ImgurError, Quota
 from bot.ledger import Rehost
 from cogs.replies import fit, kind_label, size_label
@@ -79,7 +79,7 @@ class Status(commands.Cog):
     async def imgur_status(self, interaction: discord.Interaction[RehostBot]) -> None:
         """How much Imgur quota is left, uploads today, and work waiting."""
         services = self.bot.services
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        await defer_privately(interaction)
 
         quota = services.imgur.quota
         lines = quota_lines(quota)
@@ -116,6 +116,8 @@ class Status(commands.Cog):
     ) -> None:
         """This server's recent uploads, newest first (moderators)."""
         guild_id = guild_of_interaction(interaction)
+        await defer_privately(interaction)
+
         rehosts = await self.bot.services.ledger.recent_rehosts(
             guild_id=guild_id,
             owner_id=member.id if member is not None else None,
@@ -126,8 +128,9 @@ class Status(commands.Cog):
             text = f"No uploads{whose} on record in this server."
         else:
             text = fit(history_line(r) for r in rehosts)
-        await interaction.response.send_message(
-            text, ephemeral=True, allowed_mentions=discord.AllowedMentions.none()
+        # The private "thinking…" message becomes the answer; nobody named in it is pinged.
+        await interaction.edit_original_response(
+            content=text, allowed_mentions=discord.AllowedMentions.none()
         )
 
 

@@ -82,8 +82,8 @@ async def test_history_lists_the_servers_uploads_for_moderators(env: DiscordEnv)
     assert f"<@{bob.id}>" in lines[0]
     assert f"<@{env.member.id}>" in lines[1]
     assert "<https://i.imgur.com/" in lines[0]
-    send = interaction.response.send_message.await_args
-    assert send.kwargs["allowed_mentions"].to_dict() == {"parse": []}  # nobody is pinged
+    edit = interaction.edit_original_response.await_args
+    assert edit.kwargs["allowed_mentions"].to_dict() == {"parse": []}  # nobody is pinged
 
 
 async def test_history_filters_by_member(env: DiscordEnv) -> None:

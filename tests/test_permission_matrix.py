@@ -8,6 +8,7 @@ their own server only: this server's records neither change nor show.
 
 from __future__ import annotations
 
+import inspect
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import discord
 import pytest
 from discord import app_commands
 
+from bot.ledger import Ledger
 from cogs.deletion import imgur_id_from
 from cogs.rehost_menu import MENU_NAME
 from tests import samples
@@ -361,3 +363,50 @@ def test_the_matrix_covers_every_command_of_the_bot(scene: Scene) -> None:
 
 def test_the_matrix_has_every_actor_for_every_command() -> None:
     assert len(CASES) == len(TABLE) * len(ACTORS) == 60
+
+
+# --- on time ------------------------------------------------------------------------------
+
+LEDGER_CALLS: Final = sorted(
+    name
+    for name, member in vars(Ledger).items()
+    if inspect.iscoroutinefunction(member) and not name.startswith("_")
+)
+
+
+@pytest.mark.parametrize("command", [c for c in TABLE if c != "imgur-delete (autocomplete)"])
+async def test_every_command_answers_before_it_consults_the_ledger(
+    scene: Scene, command: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The ledger waits its turn on a busy database; Discord drops an interaction that is not
+    # answered (or deferred) within 3 seconds. Autocomplete cannot defer and is left out.
+    actor = next(a for a, o in zip(ACTORS, TABLE[command], strict=True) if o == ALLOWED)
+    interactions: list[Any] = []
+    make_interaction = scene.env.interaction
+
+    def recorded(*args: Any, **kwargs: Any) -> tuple[Any, Conversation]:
+        interaction, talk = make_interaction(*args, **kwargs)
+        interactions.append(interaction)
+        return interaction, talk
+
+    early: list[str] = []
+
+    def checked(name: str) -> Callable[..., Awaitable[Any]]:
+        original = getattr(scene.env.ledger, name)
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            if not all(i.response.is_done() for i in interactions):
+                early.append(name)
+            return await original(*args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(scene.env, "interaction", recorded)
+    for name in LEDGER_CALLS:
+        monkeypatch.setattr(scene.env.ledger, name, checked(name))
+
+    answer = await RUNS[command](scene, scene.actors[actor])
+
+    assert interactions
+    assert early == []
+    await DONE[command](scene, scene.actors[actor], answer)
