@@ -23,6 +23,8 @@ from typing import Any, Final
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.log import server_logger
+from aiohttp.web_protocol import RequestPayloadError
 
 from bot.errors import NotFound, NotPermitted, RehostError
 from bot.imgur import (
@@ -111,6 +113,22 @@ class HealthCheck:
             return ok
 
 
+class ProtocolLog(logging.LoggerAdapter[logging.Logger]):
+    """aiohttp's server log, with a request it could not parse told in one line.
+
+    aiohttp answers a request it cannot parse (a header over 8 KB, a broken chunk, an unknown
+    Content-Encoding) itself, before any middleware runs, and logs the parse error with its
+    traceback at ERROR: any stranger could fill the log with them. Other failures keep theirs.
+    """
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True, **kwargs: Any) -> None:
+        if isinstance(exc_info, HttpProcessingError | RequestPayloadError):
+            # The message quotes the offending bytes, which may be anything: name the kind only.
+            self.logger.info("refused a malformed HTTP request (%s)", type(exc_info).__name__)
+            return
+        self.logger.error(msg, *args, exc_info=exc_info, **kwargs)
+
+
 SERVICES_KEY: Final = web.AppKey("services", Services)
 TOKEN_KEY: Final = web.AppKey("token", bytes)
 HEALTH_KEY: Final = web.AppKey("health", HealthCheck)
@@ -159,7 +177,10 @@ async def start_web(services: Services) -> web.AppRunner | None:
     assert settings.http_port is not None
 
     runner = web.AppRunner(
-        create_app(services), handle_signals=False, shutdown_timeout=SHUTDOWN_TIMEOUT
+        create_app(services),
+        handle_signals=False,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        logger=ProtocolLog(server_logger),
     )
     await runner.setup()
     site = web.TCPSite(runner, settings.http_host, settings.http_port)
@@ -213,7 +234,9 @@ async def _authenticate(request: web.Request, handler: Handler) -> web.StreamRes
     """Every request carries the bearer token; compared in constant time."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
     expected = request.app[TOKEN_KEY]
-    if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), expected):
+    # aiohttp keeps header bytes that are not UTF-8 as surrogates; they must not raise here.
+    offered = given.strip().encode("utf-8", "surrogateescape")
+    if scheme.lower() != "bearer" or not hmac.compare_digest(offered, expected):
         log.info("refused %s %s: no valid token", request.method, request.path)
         return _error(
             401,
@@ -384,26 +407,29 @@ async def _next_part(reader: MultipartReader) -> BodyPartReader | None:
     while True:
         try:
             part = await reader.next()
-        except (ValueError, HttpProcessingError) as exc:
+        except (ValueError, HttpProcessingError, RequestPayloadError) as exc:
             raise BadRequest("The multipart body is malformed.") from exc
         if part is None or isinstance(part, BodyPartReader):
             return part
         try:
             await part.release()
-        except (ValueError, HttpProcessingError) as exc:
+        except (ValueError, HttpProcessingError, RequestPayloadError) as exc:
             raise BadRequest("The multipart body is malformed.") from exc
 
 
 async def _skip(part: BodyPartReader) -> None:
     try:
         await part.release()
-    except (ValueError, HttpProcessingError) as exc:
+    except (ValueError, HttpProcessingError, RequestPayloadError) as exc:
         raise BadRequest("The multipart body is malformed.") from exc
 
 
 async def _read_title(part: BodyPartReader) -> str | None:
     try:
         raw = await part.read()
+    except (ValueError, HttpProcessingError, RequestPayloadError) as exc:
+        raise BadRequest("The multipart body is malformed.") from exc
+    try:
         text = raw.decode(part.get_charset("utf-8"))
     except (ValueError, LookupError) as exc:
         raise BadRequest("The title is not readable text.") from exc
@@ -425,7 +451,7 @@ async def _file_chunks(
     while True:
         try:
             chunk = await part.read_chunk(READ_CHUNK)
-        except (ValueError, HttpProcessingError, ConnectionError) as exc:
+        except (ValueError, HttpProcessingError, RequestPayloadError, ConnectionError) as exc:
             raise TruncatedMedia("The upload was cut short or malformed; try again.") from exc
         if not chunk:
             break
@@ -444,6 +470,10 @@ async def _upload_url(request: web.Request, services: Services) -> Rehost:
     """Fetch ``{"url": ...}`` under the same address rules as every other door."""
     try:
         body: Any = await request.json()
+    except RequestPayloadError as exc:
+        raise BadRequest("The body could not be decoded; check its Content-Encoding.") from exc
+    except LookupError as exc:  # a charset Python does not know
+        raise BadRequest("The body's charset is unknown; send JSON as UTF-8.") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("The body is not valid JSON.") from exc
 

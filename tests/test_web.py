@@ -433,6 +433,13 @@ async def test_a_client_that_hangs_up_mid_file_leaves_nothing_behind(
         ({"json": {"link": "https://example.com/a.png"}}, '{"url"'),
         ({"json": ["https://example.com/a.png"]}, '{"url"'),
         ({"json": {"url": "https://example.com/a.png", "title": 7}}, "title"),
+        (
+            {
+                "data": b'{"url": "https://example.com/a.png"}',
+                "headers": {"Content-Type": "application/json; charset=no-such-charset"},
+            },
+            "charset",
+        ),
     ],
 )
 async def test_a_malformed_json_request_is_a_bad_request(
@@ -473,6 +480,29 @@ async def test_a_body_that_is_neither_form_nor_json_is_unsupported(endpoint: End
     assert "multipart/form-data" in answer.body["error"]
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    ["multipart/form-data; boundary=x", "application/json"],
+    ids=["form", "json"],
+)
+async def test_a_body_whose_content_encoding_does_not_decode_is_a_bad_request(
+    endpoint: Endpoint,
+    imgur: ImgurStandIn,
+    caplog: pytest.LogCaptureFixture,
+    content_type: str,
+) -> None:
+    caplog.set_level(logging.INFO)
+    headers = {**AUTH, "Content-Type": content_type, "Content-Encoding": "gzip"}
+
+    answer = await endpoint.call("POST", "/api/upload", headers=headers, data=b"not gzip" * 64)
+
+    assert answer.status == 400
+    assert "Content-Encoding" in answer.body["error"] or "malformed" in answer.body["error"]
+    assert imgur.requests == []
+    assert await endpoint.services.ledger.pending_uploads() == []
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
 # --- refusals ------------------------------------------------------------------------------
 
 
@@ -505,6 +535,61 @@ async def test_requests_without_the_right_token_are_unauthorized(
         assert answer.headers["WWW-Authenticate"].startswith("Bearer")
     assert imgur.requests == []
     assert await endpoint.services.ledger.recent_rehosts() == []
+
+
+async def _raw_exchange(endpoint: Endpoint, request: bytes) -> tuple[int, bytes]:
+    """Send ``request`` as bytes on a new connection; the status and body of the answer."""
+    port = int(endpoint.base.rsplit(":", 1)[1])
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(request)
+        await writer.drain()
+        answer = await asyncio.wait_for(reader.read(), WAIT)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), body
+
+
+async def test_a_token_that_is_not_utf8_is_unauthorized(
+    endpoint: Endpoint, caplog: pytest.LogCaptureFixture
+) -> None:
+    # aiohttp keeps such header bytes as surrogates, which str.encode() refuses.
+    request = (
+        b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Authorization: Bearer \xff\xfe" + TOKEN.encode() + b"\r\nConnection: close\r\n\r\n"
+    )
+
+    status, body = await _raw_exchange(endpoint, request)
+
+    assert status == 401
+    assert json.loads(body) == {"error": "Send the token as 'Authorization: Bearer <HTTP_TOKEN>'."}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_request_too_malformed_to_parse_is_logged_in_one_line(
+    endpoint: Endpoint, imgur: ImgurStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    # aiohttp refuses these itself, before any middleware: a stranger must not be able to fill
+    # the log with tracebacks.
+    requests = [
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 9000 + b"\r\n\r\n",
+        b"POST /api/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer "
+        + TOKEN.encode()
+        + b"\x01\r\n\r\n",
+    ]
+
+    statuses = [(await _raw_exchange(endpoint, request))[0] for request in requests]
+
+    assert statuses == [400, 400, 400]
+    refusals = [r for r in caplog.records if "malformed HTTP request" in r.getMessage()]
+    assert len(refusals) == len(requests)
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert TOKEN not in caplog.text
+    assert imgur.requests == []
 
 
 async def test_a_file_over_its_kinds_limit_is_too_large(
