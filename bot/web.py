@@ -509,18 +509,25 @@ async def _delete_upload(request: web.Request) -> web.Response:
     if not mine:
         raise missing
 
-    others = [r for r in rehosts if r.origin.door != DOOR and r.deleted_at is None]
+    live = [r for r in mine if r.deleted_at is None]
     reason = "deleted through the HTTP endpoint"
-    if others:
-        live = [r.id for r in mine if r.deleted_at is None]
-        if not live:
-            raise missing
-        await services.ledger.mark_rehosts_deleted(live, by=None, reason=reason)
-        log.info("kept upload %s on Imgur: %d other rehosts use it", imgur_id, len(others))
-        return web.json_response({"id": imgur_id, "deleted": False})
+    if not live:
+        if any(r.deleted_at is None for r in rehosts):
+            raise missing  # withdrawn here before; another door's rehost keeps it on Imgur
+        # On Imgur yet used by nothing: a take-down that stopped half way. Finish it.
+        await services.pipeline.delete_upload(upload, by=None, reason=reason)
+        return web.json_response({"id": imgur_id, "deleted": True})
 
-    await services.pipeline.delete_upload(upload, by=None, reason=reason)
-    return web.json_response({"id": imgur_id, "deleted": True})
+    # release() decides under the lock of the upload's bytes whether another rehost still
+    # uses it, so a Discord post of the same bytes arriving now cannot lose its image.
+    deleted = await services.pipeline.release(live, by=None, reason=reason)
+    if any(d.id == upload.id for d in deleted):
+        return web.json_response({"id": imgur_id, "deleted": True})
+    current = await services.ledger.get_upload(imgur_id)
+    if current is None or current.state != "done":
+        raise missing  # a concurrent DELETE of the same id took it down first
+    log.info("kept upload %s on Imgur: other rehosts use it", imgur_id)
+    return web.json_response({"id": imgur_id, "deleted": False})
 
 
 async def _health(request: web.Request) -> web.Response:

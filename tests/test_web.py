@@ -815,6 +815,55 @@ async def test_delete_keeps_an_image_that_another_door_still_uses(
     assert again.status == 404
 
 
+async def test_a_delete_racing_a_discord_post_of_the_same_bytes_keeps_the_image(
+    endpoint: Endpoint, imgur: ImgurStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = samples.png(seed=24)
+    image_id = (await endpoint.upload(data)).body["id"]
+    ledger, pipeline = endpoint.services.ledger, endpoint.services.pipeline
+    member = Origin(door="discord", guild_id=1, owner_id=7)
+    read_records = ledger.rehosts_of
+    posted = False
+
+    async def records_then_a_discord_post(upload_id: int, *, live_only: bool = True) -> Any:
+        # The member posts the same bytes just after the DELETE has read the records.
+        nonlocal posted
+        records = await read_records(upload_id, live_only=live_only)
+        if not posted:
+            posted = True
+            await pipeline.rehost(StreamSource(_once(data), "cat.png"), member)
+        return records
+
+    monkeypatch.setattr(ledger, "rehosts_of", records_then_a_discord_post)
+
+    answer = await endpoint.call("DELETE", f"/api/upload/{image_id}")
+
+    assert posted
+    assert answer.status == 200
+    assert answer.body == {"id": image_id, "deleted": False}
+    assert not imgur.images[image_id].deleted
+    live = await ledger.recent_rehosts(live_only=True)
+    assert [(r.origin.door, r.upload.imgur_id) for r in live] == [("discord", image_id)]
+    assert imgur.upload_calls == 1
+
+
+async def test_two_deletes_of_the_same_id_at_once_delete_it_once(
+    endpoint: Endpoint, imgur: ImgurStandIn
+) -> None:
+    image_id = (await endpoint.upload(samples.png(seed=25))).body["id"]
+    imgur.fail_next("slow", method="DELETE", delay=0.5)
+
+    answers = await asyncio.gather(
+        endpoint.call("DELETE", f"/api/upload/{image_id}"),
+        endpoint.call("DELETE", f"/api/upload/{image_id}"),
+    )
+
+    assert sorted(a.status for a in answers) == [200, 404]
+    assert [a.body for a in answers if a.status == 200] == [{"id": image_id, "deleted": True}]
+    assert imgur.images[image_id].deleted
+    assert len([r for r in imgur.requests if r.method == "DELETE"]) == 1
+
+
 async def test_a_delete_that_imgur_fails_can_be_retried(
     endpoint: Endpoint, imgur: ImgurStandIn
 ) -> None:
