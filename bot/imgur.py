@@ -59,6 +59,7 @@ MAX_RESET_AHEAD: Final = 2 * 86400.0  # seconds; no quota of Imgur's refills lat
 ALBUM_PRIVACY: Final = frozenset({"public", "hidden", "secret"})
 
 _DELETEHASH = re.compile(r"[A-Za-z0-9]{1,64}")
+_LINK = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[!-~]{0,2000})?")
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 _COUNT = re.compile(r"\d{1,15}")
 _SECONDS = re.compile(r"\d{1,15}(?:\.\d{1,6})?")
@@ -324,7 +325,7 @@ class ImgurClient:
             secrets=secrets,
         )
         data = await self._call(request)
-        return self._image_from(data)
+        return await self._image_from(data)
 
     async def upload_url(self, url: str, *, title: str | None = None) -> ImgurImage:
         """Ask Imgur to fetch ``url`` itself and host what it finds there."""
@@ -343,7 +344,7 @@ class ImgurClient:
             fields=tuple(fields),
         )
         data = await self._call(request)
-        return self._image_from(data)
+        return await self._image_from(data)
 
     async def delete_image(self, deletehash: str) -> bool:
         """Delete an upload: True once deleted, False if Imgur says it is already gone."""
@@ -390,10 +391,12 @@ class ImgurClient:
         )
         data = await self._call(request)
 
-        album_id = _text_field(data, "id")
-        album_deletehash = _text_field(data, "deletehash")
+        album_id = _token_field(data, "id")
+        album_deletehash = _token_field(data, "deletehash")
         if album_id is None or album_deletehash is None:
-            log.warning("Imgur created an album but its answer lacks the id or deletehash")
+            log.warning("Imgur created an album but its answer lacks a usable id or deletehash")
+            if album_deletehash is not None:
+                await self._take_back(album_deletehash, self.delete_album)
             raise ImgurUnavailable("Imgur created the album but did not say how to reach it.")
         return ImgurAlbum(id=album_id, deletehash=album_deletehash)
 
@@ -432,6 +435,15 @@ class ImgurClient:
         ):
             raise ImgurUnavailable("Imgur answered the credit check with something unreadable.")
         return Credits(user_limit, user_remaining, user_reset, client_limit, client_remaining)
+
+    async def _take_back(self, deletehash: str, delete: Callable[[str], Awaitable[bool]]) -> None:
+        """Delete what Imgur created but described too poorly to keep; failures are logged."""
+        try:
+            await delete(deletehash)
+        except ImgurError as exc:
+            log.warning("could not take back an unusable Imgur answer's upload: %s", exc)
+        else:
+            log.info("took back an upload whose Imgur answer could not be used")
 
     # --- one call, with retries ---------------------------------------------------------
 
@@ -683,12 +695,22 @@ class ImgurClient:
 
     # --- answers ------------------------------------------------------------------------
 
-    def _image_from(self, data: object) -> ImgurImage:
-        image_id = _text_field(data, "id")
-        link = _text_field(data, "link")
-        deletehash = _text_field(data, "deletehash")
-        if image_id is None or link is None or deletehash is None:
-            log.warning("Imgur accepted an upload but its answer lacks the id, link or deletehash")
+    async def _image_from(self, data: object) -> ImgurImage:
+        """The upload Imgur accepted, or an error after taking back one that cannot be used.
+
+        An answer whose id or link is missing or malformed (a link that is not http(s), or
+        carries control characters) cannot be recorded or shown; if it still names a
+        deletehash, the upload is deleted again so no public copy is left without a record.
+        """
+        image_id = _token_field(data, "id")
+        link = _link_field(data, "link")
+        deletehash = _token_field(data, "deletehash")
+        if deletehash is None:
+            log.warning("Imgur accepted an upload but its answer has no usable deletehash")
+            raise ImgurUnavailable("Imgur took the file but did not say where it is.")
+        if image_id is None or link is None:
+            log.warning("Imgur accepted an upload but its answer lacks a usable id or link")
+            await self._take_back(deletehash, self.delete_image)
             raise ImgurUnavailable("Imgur took the file but did not say where it is.")
 
         processing = data.get("processing") if isinstance(data, dict) else None
@@ -911,6 +933,18 @@ def _safe_filename(filename: str) -> str:
     name = "".join(char for char in filename if char.isprintable() and char not in '"\\')
     name = name.strip()[-100:]
     return name or "upload"
+
+
+def _token_field(data: object, name: str) -> str | None:
+    """An id or deletehash: the alphanumeric tokens Imgur issues, never anything else."""
+    value = _text_field(data, name)
+    return value if value is not None and _DELETEHASH.fullmatch(value) else None
+
+
+def _link_field(data: object, name: str) -> str | None:
+    """An http(s) address of printable ASCII, safe to store and to print on a terminal."""
+    value = _text_field(data, name)
+    return value if value is not None and _LINK.fullmatch(value) else None
 
 
 def _text_field(data: object, name: str) -> str | None:

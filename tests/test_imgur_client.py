@@ -1216,3 +1216,77 @@ async def test_album_from_the_documented_body(
 
     assert album == ImgurAlbum(id="Xy12Ab", deletehash="qwe987")
     assert album.link == "https://imgur.com/a/Xy12Ab"
+
+
+# --- answers that cannot be used, peers that never finish --------------------------------------
+
+
+def deletes_sent(mocked: aioresponses) -> list[str]:
+    return [str(url) for (method, url) in mocked.requests if method == "DELETE"]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"link": None},
+        {"link": "javascript:alert(1)"},
+        {"link": "https://i.imgur.com/aB3dE5g.png\x1b[2J"},
+        {"link": "https://i.imgur.com/aB3dE5g.png\nforged line"},
+        {"id": None},
+        {"id": 12345},
+        {"id": "../credits"},
+    ],
+)
+async def test_an_upload_answer_without_a_usable_id_or_link_is_taken_back(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    write_body: Callable[..., FileBody],
+    changes: dict[str, Any],
+) -> None:
+    # Nothing could be recorded or shown for it, yet Imgur holds the file: delete it again
+    # through the deletehash the answer did carry, so no public copy is left without a record.
+    mocked.post(f"{API}/3/image", payload=upload_answer(**changes))
+    mocked.delete(f"{API}/3/image/x1Y2z3W4v5U6t7S", payload=envelope(True))
+
+    with pytest.raises(ImgurUnavailable, match="did not say where it is") as caught:
+        await make_client().upload(write_body(samples.png()))
+
+    assert deletes_sent(mocked) == [f"{API}/3/image/x1Y2z3W4v5U6t7S"]
+    assert "x1Y2z3W4v5U6t7S" not in full_chain(caught.value)
+
+
+async def test_an_upload_answer_whose_deletehash_is_not_a_token_is_not_trusted(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    write_body: Callable[..., FileBody],
+) -> None:
+    mocked.post(f"{API}/3/image", payload=upload_answer(deletehash="../../credits"))
+
+    with pytest.raises(ImgurUnavailable):
+        await make_client().upload(write_body(samples.png()))
+
+    assert deletes_sent(mocked) == []
+
+
+async def test_a_failed_take_back_still_reports_the_upload_unusable(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    write_body: Callable[..., FileBody],
+) -> None:
+    mocked.post(f"{API}/3/image", payload=upload_answer(link=None))
+    mocked.delete(f"{API}/3/image/x1Y2z3W4v5U6t7S", status=403, payload=error_body("no", 403))
+
+    with pytest.raises(ImgurUnavailable, match="did not say where it is"):
+        await make_client().upload(write_body(samples.png()))
+
+
+async def test_an_album_answer_without_an_id_takes_the_album_back(
+    make_client: Callable[..., ImgurClient], mocked: aioresponses
+) -> None:
+    mocked.post(f"{API}/3/album", payload=envelope({"id": None, "deletehash": "qwe987"}))
+    mocked.delete(f"{API}/3/album/qwe987", payload=envelope(True))
+
+    with pytest.raises(ImgurUnavailable):
+        await make_client().create_album(["abc123"])
+
+    assert deletes_sent(mocked) == [f"{API}/3/album/qwe987"]
