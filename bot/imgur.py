@@ -53,6 +53,7 @@ CALL_TIMEOUT: Final = aiohttp.ClientTimeout(total=30, connect=10, sock_connect=1
 # (bench/), for 1 MiB of memory per upload.
 CHUNK_SIZE: Final = 1024 * 1024
 MAX_ANSWER_BYTES: Final = 1024 * 1024  # an API answer is a few KB; more is an error page
+ANSWER_TIMEOUT: Final = 60.0  # seconds to read an answer's body once its headers came
 MAX_REASON_CHARS: Final = 160
 UPLOAD_CREDITS: Final = 10  # what Imgur charges an upload, as its documentation states
 MAX_RESET_AHEAD: Final = 2 * 86400.0  # seconds; no quota of Imgur's refills later than this
@@ -234,7 +235,9 @@ class ImgurClient:
         backoff: seconds; retry ``n`` (from 0) waits ``backoff * 2**n * random()``.
         clock: unix time, for quota resets.
         sleep: awaited between attempts.
-        upload_timeout, call_timeout: per-request timeouts for uploads and small calls.
+        upload_timeout, call_timeout: per-request timeouts for uploads and small calls; an
+            upload's ``sock_read`` also bounds each write of the file to a stalled peer.
+        answer_timeout: seconds to read a whole answer body once its headers arrived.
     """
 
     def __init__(
@@ -250,6 +253,7 @@ class ImgurClient:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         upload_timeout: aiohttp.ClientTimeout = UPLOAD_TIMEOUT,
         call_timeout: aiohttp.ClientTimeout = CALL_TIMEOUT,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -266,6 +270,7 @@ class ImgurClient:
         self._sleep = sleep
         self._upload_timeout = upload_timeout
         self._call_timeout = call_timeout
+        self._answer_timeout = answer_timeout
         self._jitter = random.Random()  # noqa: S311 - backoff jitter, not cryptography
         self._quota = Quota()
 
@@ -544,7 +549,10 @@ class ImgurClient:
             ) as response:
                 seen = self._record_quota(response.headers)
                 status = response.status
-                raw = await _read_capped(response)
+                # sock_read bounds each gap, not the whole: a trickling answer could hold
+                # an upload (whose total is unbounded) for ever.
+                async with asyncio.timeout(self._answer_timeout):
+                    raw = await _read_capped(response)
         except TimeoutError as exc:
             self._log_transport_failure(request, exc, started)
             _refuse_blind_retry(part)
@@ -750,9 +758,11 @@ class _FilePart(Payload):
         size: int,
         content_type: str,
         on_progress: Callable[[int], None] | None,
+        stall_timeout: float | None = None,
     ) -> None:
         super().__init__(reader, content_type=content_type)
         self._reader = reader
+        self._stall_timeout = stall_timeout
         self._size = size
         self._length = size
         self._on_progress = on_progress
@@ -792,7 +802,10 @@ class _FilePart(Payload):
                 self.failure = ValueError("the upload body ended before its declared size")
                 raise self.failure
 
-            await writer.write(chunk)
+            # aiohttp bounds only reads once the body is out: a peer that stops reading
+            # would hold the write, and the upload, forever (the total is unbounded).
+            async with asyncio.timeout(self._stall_timeout):
+                await writer.write(chunk)
             sent += len(chunk)
             self.sent = sent
 
@@ -824,7 +837,13 @@ def _multipart(
         text.set_content_disposition("form-data", name=name)
 
     mime = body.mime if _MIME.fullmatch(body.mime) else "application/octet-stream"
-    part = _FilePart(reader, size=body.size, content_type=mime, on_progress=request.on_progress)
+    part = _FilePart(
+        reader,
+        size=body.size,
+        content_type=mime,
+        on_progress=request.on_progress,
+        stall_timeout=request.timeout.sock_read,
+    )
     # Raw UTF-8 in the quoted filename, as browsers send it (RFC 7578); aiohttp's default
     # would percent-encode it, and Imgur would keep the escapes as the name.
     part.set_content_disposition(

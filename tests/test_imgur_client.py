@@ -7,6 +7,7 @@ word for word.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -1290,3 +1291,84 @@ async def test_an_album_answer_without_an_id_takes_the_album_back(
         await make_client().create_album(["abc123"])
 
     assert deletes_sent(mocked) == [f"{API}/3/album/qwe987"]
+
+
+@dataclass
+class RawPeer:
+    """A TCP peer on 127.0.0.1 that misbehaves below HTTP, as no aiohttp server can."""
+
+    url: str
+    connections: int = 0
+
+
+@pytest.fixture
+async def raw_peer(request: pytest.FixtureRequest) -> AsyncIterator[RawPeer]:
+    """``stall``: reads the request line, then nothing more, ever; ``trickle``: reads it all,
+    sends the headers of a 200, then one byte of body every 0.2 seconds."""
+    mode: str = request.param
+    peer = RawPeer(url="")
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer.connections += 1
+        writers.append(writer)
+        head = await reader.readuntil(b"\r\n\r\n")
+        if mode == "stall":
+            await asyncio.Event().wait()
+        length = re.search(rb"(?i)content-length: *(\d+)", head)
+        assert length is not None  # the client sends a Content-Length for a streamed file
+        await reader.readexactly(int(length.group(1)))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        writer.write(b"Content-Length: 100000\r\n\r\n")
+        while True:
+            writer.write(b" ")
+            await writer.drain()
+            await asyncio.sleep(0.2)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    peer.url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    yield peer
+    for writer in writers:
+        writer.close()
+    server.close()
+
+
+@pytest.mark.parametrize("raw_peer", ["stall"], indirect=True)
+async def test_a_peer_that_stops_reading_the_upload_cannot_hold_it_forever(
+    make_client: Callable[..., ImgurClient],
+    raw_peer: RawPeer,
+    sleeps: Sleeps,
+    write_body: Callable[..., FileBody],
+) -> None:
+    # aiohttp bounds reads only once the body is out, and an upload has no total: without a
+    # bound on each write, a peer that stops reading holds the upload for ever.
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=0.5)
+    client = make_client(raw_peer.url, upload_timeout=timeout, attempts=2)
+    body = write_body(samples.big_png(16 * MB, seed=5))
+
+    async with asyncio.timeout(20):
+        with pytest.raises(ImgurUnavailable, match="timed out"):
+            await client.upload(body)
+
+    # Not sent whole, so Imgur cannot have stored it: the retry is safe, and bounded.
+    assert raw_peer.connections == 2
+    assert len(sleeps.delays) == 1
+
+
+@pytest.mark.parametrize("raw_peer", ["trickle"], indirect=True)
+async def test_an_answer_that_trickles_in_is_cut_off(
+    make_client: Callable[..., ImgurClient],
+    raw_peer: RawPeer,
+    sleeps: Sleeps,
+    write_body: Callable[..., FileBody],
+) -> None:
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=5)
+    client = make_client(raw_peer.url, upload_timeout=timeout, answer_timeout=1.0)
+
+    async with asyncio.timeout(20):
+        with pytest.raises(ImgurUnavailable, match="did not confirm"):
+            await client.upload(write_body(samples.png()))
+
+    # The file went out whole: it is not sent a second time.
+    assert raw_peer.connections == 1
+    assert sleeps.delays == []
