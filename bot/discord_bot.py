@@ -24,6 +24,7 @@ from discord.ext import commands
 
 from bot.errors import RehostError
 from bot.imgur import ImgurRateLimited
+from bot.ledger import Origin, Upload
 from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.web import start_web
@@ -204,6 +205,7 @@ class RehostBot(commands.Bot):
         intents: discord.Intents | None = None,
         extensions: Iterable[str] = EXTENSIONS,
         sync_commands: bool = True,
+        interrupted: Iterable[tuple[Upload, Origin]] = (),
     ) -> None:
         super().__init__(
             command_prefix=commands.when_mentioned,
@@ -217,6 +219,7 @@ class RehostBot(commands.Bot):
         self._services = services
         self._extensions = tuple(extensions)
         self._sync_commands = sync_commands
+        self._carried = list(interrupted)
         self._stack = contextlib.AsyncExitStack()
         self._close_lock = asyncio.Lock()
         self._closing = False
@@ -242,6 +245,11 @@ class RehostBot(commands.Bot):
     async def setup_hook(self) -> None:
         if self._services is None:
             self._services = await self._stack.enter_async_context(open_services(self.settings))
+        if self._carried:
+            # An earlier start in this process closed these as interrupted, so the ledger no
+            # longer lists them as pending: the recovery cog learns of them from here.
+            pipeline = self.services.pipeline
+            pipeline.interrupted = [*self._carried, *pipeline.interrupted]
         endpoint = await start_web(self.services)
         if endpoint is not None:
             # Closed before the services, which the stack closes after it.
@@ -298,7 +306,11 @@ OK, FAILED = 0, 1
 
 
 class _Restart(Exception):
-    """Start again without the Message Content intent."""
+    """Start again without the Message Content intent, carrying what is left to recover."""
+
+    def __init__(self, interrupted: list[tuple[Upload, Origin]]) -> None:
+        super().__init__("restart without the Message Content intent")
+        self.interrupted = interrupted
 
 
 def point_at_discord(settings: Settings) -> None:
@@ -320,11 +332,13 @@ async def run_bot(settings: Settings) -> int:
 
     try:
         intents = wanted_intents()
+        interrupted: list[tuple[Upload, Origin]] = []
         while True:
             try:
-                return await _run_once(settings, token, intents, stop)
-            except _Restart:
+                return await _run_once(settings, token, intents, stop, interrupted)
+            except _Restart as restart:
                 intents = wanted_intents(message_content=False)
+                interrupted = restart.interrupted
     finally:
         loop = asyncio.get_running_loop()
         for sig in installed:
@@ -332,9 +346,13 @@ async def run_bot(settings: Settings) -> int:
 
 
 async def _run_once(
-    settings: Settings, token: str, intents: discord.Intents, stop: asyncio.Event
+    settings: Settings,
+    token: str,
+    intents: discord.Intents,
+    stop: asyncio.Event,
+    interrupted: list[tuple[Upload, Origin]],
 ) -> int:
-    async with RehostBot(settings, intents=intents) as bot:
+    async with RehostBot(settings, intents=intents, interrupted=interrupted) as bot:
         started = time.monotonic()
         runner = asyncio.create_task(bot.start(token), name="discord-bot")
         stopper = asyncio.create_task(stop.wait(), name="stop-signal")
@@ -366,7 +384,8 @@ async def _run_once(
                 "switched on in the %s (slash commands and the menu keep working)",
                 PORTAL_HINT,
             )
-            raise _Restart from exc
+            # Refused at identify, before ready: the recovery cog has not acted yet.
+            raise _Restart(bot.services.pipeline.interrupted) from exc
         except (discord.GatewayNotFound, discord.ConnectionClosed) as exc:
             log.error("the Discord gateway could not be reached or closed the connection: %s", exc)
             return FAILED

@@ -34,6 +34,7 @@ from bot.discord_bot import (
 )
 from bot.errors import NotPermitted
 from bot.imgur import ImgurRateLimited, ImgurUnavailable
+from bot.ledger import Ledger, Origin
 from bot.media import MediaTooLarge, UnsupportedMedia
 from bot.settings import Settings
 from tests.discord_mocks import Channels, http_error, make_channel, make_guild, make_member
@@ -333,6 +334,49 @@ async def test_a_refused_content_intent_gives_one_warning_and_the_bot_keeps_runn
     ]
     assert len(warnings) == 1
     assert PORTAL_HINT in warnings[0].getMessage()
+
+
+@pytest.mark.usefixtures("restore_endpoints")
+async def test_after_a_refused_content_intent_a_crash_cut_off_upload_is_still_owned_up_to(
+    imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    async with DiscordStandIn(token="bot-token", message_content_allowed=False) as standin:
+        guild = standin.add_guild("Test Server")
+        media = guild.add_text_channel("media")
+        alice = guild.add_member("alice")
+        settings = settings_for(standin, imgur, tmp_path)
+        # What a process killed during ``/imgur`` leaves: an upload still pending.
+        ledger = await Ledger.open(settings.database_path)
+        try:
+            await ledger.begin_upload(
+                sha256="ab" * 32,
+                size=1000,
+                mime="image/png",
+                kind="image",
+                origin=Origin(
+                    door="discord",
+                    guild_id=guild.id,
+                    channel_id=media.id,
+                    owner_id=alice.id,
+                    requester_id=alice.id,
+                    filename="cat.png",
+                ),
+            )
+        finally:
+            await ledger.close()
+
+        running = asyncio.create_task(run_bot(settings))
+        try:
+            notice = await standin.wait_for_bot_message(
+                media, lambda m: "I restarted while uploading" in m.content, timeout=30
+            )
+        finally:
+            if not running.done():
+                os.kill(os.getpid(), signal.SIGINT)
+        status = await asyncio.wait_for(running, 60)
+
+    assert status == 0
+    assert notice.content.startswith(f"<@{alice.id}> I restarted while uploading `cat.png`")
 
 
 @pytest.mark.usefixtures("restore_endpoints")
