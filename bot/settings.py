@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
 
@@ -58,6 +60,20 @@ def _text(name: str, raw: str) -> str:
     return raw
 
 
+def _secret(name: str, raw: str) -> str:
+    """A client id or token: it travels in an HTTP header, so visible ASCII only.
+
+    A stray newline or space (a paste gone wrong) would otherwise surface as aiohttp's
+    header-injection error, with a traceback, on the first request. The value is never echoed.
+    """
+    if not all("!" <= char <= "~" for char in raw):
+        raise SettingsError(
+            f"{name} holds spaces, control or non-ASCII characters; "
+            "paste the value again, on one line, without quotes around it."
+        )
+    return raw
+
+
 def _boolean(name: str, raw: str) -> bool:
     value = raw.strip().lower()
     if value in {"1", "true", "yes", "on"}:
@@ -78,9 +94,13 @@ def _positive_int(name: str, raw: str) -> int:
 
 
 def _non_negative_int(name: str, raw: str) -> int:
-    if raw.strip() == "0":
-        return 0
-    return _positive_int(name, raw)
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name} must be a whole number, not {raw!r}.") from None
+    if value < 0:
+        raise SettingsError(f"{name} must not be negative, not {raw!r}.")
+    return value
 
 
 def _seconds(name: str, raw: str) -> float:
@@ -88,6 +108,8 @@ def _seconds(name: str, raw: str) -> float:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a number of seconds, not {raw!r}.") from None
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite number of seconds, not {raw!r}.")
     if value < 0:
         raise SettingsError(f"{name} must not be negative, not {raw!r}.")
     return value
@@ -98,7 +120,9 @@ def _megabytes(name: str, raw: str) -> int:
         value = float(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a size in megabytes, not {raw!r}.") from None
-    if value <= 0:
+    if not math.isfinite(value):
+        raise SettingsError(f"{name} must be a finite size in megabytes, not {raw!r}.")
+    if int(value * MB) <= 0:
         raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
     return int(value * MB)
 
@@ -108,6 +132,13 @@ def _url(name: str, raw: str) -> str:
     schemes = ("ws://", "wss://") if name == "DISCORD_GATEWAY_URL" else ("http://", "https://")
     if not value.startswith(schemes):
         raise SettingsError(f"{name} must start with {' or '.join(schemes)}, not {raw!r}.")
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        parts = None
+    if parts is None or not parts.hostname or not all("!" <= c <= "~" for c in value):
+        raise SettingsError(f"{name} must be an address such as {schemes[-1]}host, not {raw!r}.")
     return value
 
 
@@ -116,6 +147,33 @@ def _log_level(name: str, raw: str) -> str:
     if value not in logging.getLevelNamesMapping():
         raise SettingsError(f"{name} must be DEBUG, INFO, WARNING or ERROR, not {raw!r}.")
     return value
+
+
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _database_path(name: str, raw: str) -> Path:
+    """The ledger's file: absent (it is created), or a SQLite database; never a folder."""
+    path = Path(raw)
+    try:
+        if path.is_dir():
+            raise SettingsError(
+                f"{name} is a folder ({raw!r}); name a file in it, such as {raw}/rehost.sqlite3."
+            )
+        parent = next((p for p in path.absolute().parents if p.exists()), None)
+        if parent is not None and not parent.is_dir():
+            raise SettingsError(f"{name} lies under {str(parent)!r}, which is not a folder.")
+        if path.is_file() and path.stat().st_size > 0:
+            with path.open("rb") as file:
+                header = file.read(len(SQLITE_HEADER))
+            if header != SQLITE_HEADER:
+                raise SettingsError(
+                    f"{name} names {raw!r}, which is not a SQLite database; "
+                    "point it at the ledger or at a new file."
+                )
+    except OSError as exc:
+        raise SettingsError(f"{name} cannot be used ({raw!r}): {exc.strerror}.") from exc
+    return path
 
 
 def _port(name: str, raw: str) -> int:
@@ -127,10 +185,10 @@ def _port(name: str, raw: str) -> int:
 
 # Environment name -> (Settings field, parser). Every entry is documented in .env.example.
 _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
-    "DISCORD_TOKEN": ("discord_token", _text),
-    "IMGUR_CLIENT_ID": ("imgur_client_id", _text),
-    "IMGUR_ACCESS_TOKEN": ("imgur_access_token", _text),
-    "DATABASE_PATH": ("database_path", lambda _, raw: Path(raw)),
+    "DISCORD_TOKEN": ("discord_token", _secret),
+    "IMGUR_CLIENT_ID": ("imgur_client_id", _secret),
+    "IMGUR_ACCESS_TOKEN": ("imgur_access_token", _secret),
+    "DATABASE_PATH": ("database_path", _database_path),
     "IMGUR_API_URL": ("imgur_api_url", _url),
     "DISCORD_API_URL": ("discord_api_url", _url),
     "DISCORD_GATEWAY_URL": ("discord_gateway_url", _url),
@@ -144,7 +202,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "QUOTA_RESERVE": ("quota_reserve", _non_negative_int),
     "HTTP_HOST": ("http_host", _text),
     "HTTP_PORT": ("http_port", _port),
-    "HTTP_TOKEN": ("http_token", _text),
+    "HTTP_TOKEN": ("http_token", _secret),
 }
 
 
