@@ -9,6 +9,7 @@ import io
 import ipaddress
 import logging
 import os
+import re
 import socket
 import tempfile
 from collections.abc import AsyncIterator, Callable
@@ -34,6 +35,9 @@ BATCH = 1024 * 1024
 MEMORY_SPOOL_LIMIT = 1024 * 1024
 MAX_REDIRECTS = 5
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10, sock_connect=10, sock_read=30)
+
+# A host name as DNS can hold it, after IDNA (IPv6 literals are told apart by their colons).
+_HOST_NAME = re.compile(r"[A-Za-z0-9._-]+")
 
 ProgressCallback = Callable[[str, int, int | None], None]
 """Called with a stage ("download" or "upload"), bytes done and bytes in all (if known)."""
@@ -181,6 +185,11 @@ class Fetcher:
             raise SourceError("Only http and https links can be rehosted.")
         if not url.host:
             raise SourceError("That link has no host name.")
+        raw_host = url.raw_host or ""
+        if ":" not in raw_host and not _HOST_NAME.fullmatch(raw_host):
+            # yarl keeps percent escapes and spaces in a host as they came; no DNS name
+            # holds them, so the link is refused here instead of being asked of DNS.
+            raise SourceError("That is not a valid link.")
         if url.user is not None or url.password is not None:
             raise SourceError("Links with a user name or password cannot be rehosted.")
         if self._allow_private:

@@ -6,6 +6,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from yarl import URL
 
 from bot import media, sources
 from bot.media import MediaLimits
@@ -207,6 +208,27 @@ async def test_other_schemes_and_user_info_are_refused(url: str, guarded_fetcher
 async def test_private_and_local_addresses_are_refused(host: str, guarded_fetcher: Fetcher) -> None:
     with pytest.raises(BlockedAddress, match="private or local address"):
         await sources.spool(UrlSource(f"http://{host}:1/a.png", guarded_fetcher), LIMITS)
+
+
+@pytest.mark.parametrize("host", ["%31%30.0.0.1", "127.0.0.1 ", "exa%00mple.com", "a%2fb.example"])
+async def test_a_host_no_dns_name_can_hold_is_refused_before_any_lookup(
+    host: str, open_fetcher: Fetcher
+) -> None:
+    # yarl keeps such hosts as they came; they must not reach DNS, even where private
+    # addresses are allowed.
+    with pytest.raises(SourceError, match="not a valid link"):
+        open_fetcher.check_url(URL(f"http://{host}/a.png"))
+
+
+@pytest.mark.parametrize(
+    "host",
+    ["example.com", "b\u00fccher.example", "xn--bcher-kva.example", "my_host.example",
+     "93.184.216.34", "[2606:4700:4700::1111]", "[fe80::1%25eth0]"],
+)  # fmt: skip
+async def test_ordinary_host_names_and_addresses_pass_the_host_check(
+    host: str, open_fetcher: Fetcher
+) -> None:
+    open_fetcher.check_url(URL(f"http://{host}/a.png"))
 
 
 @pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1"])

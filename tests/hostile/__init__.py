@@ -295,6 +295,26 @@ def urls() -> list[HostileUrl]:
                    "a name resolving to IPv4-mapped 192.168.1.1"),
         HostileUrl("name-unknown", "http://no-such-host.test/", SourceError,
                    "a name that does not resolve"),
+        # Forms a new user tried that nobody had written down.
+        HostileUrl("fullwidth-digits", "http://\uff11\uff12\uff17.\uff10.\uff10.\uff11/",
+                   blocked, "full-width digits that IDNA folds into 127.0.0.1"),
+        HostileUrl("circled-digits", "http://\u2460\u2461\u2466.0.0.1/", blocked,
+                   "circled digits that IDNA folds into 127.0.0.1"),
+        HostileUrl("trailing-dot-private", "http://10.0.0.1./", SourceError,
+                   "a private address with a trailing dot"),
+        HostileUrl("trailing-dot-unspecified", "http://0.0.0.0./", SourceError,
+                   "0.0.0.0 with a trailing dot"),
+        HostileUrl("percent-host", "http://%31%30.0.0.1/", SourceError,
+                   "a host written in percent escapes (10.0.0.1)"),
+        HostileUrl("v6-mapped-zone", "http://[::ffff:127.0.0.1%25eth0]/", blocked,
+                   "IPv4-mapped loopback with a zone"),
+        HostileUrl("v6-mapped-unspecified", "http://[::ffff:0.0.0.0]/", blocked,
+                   "IPv4-mapped 0.0.0.0"),
+        HostileUrl("space-in-host", "http://127.0.0.1 /", SourceError, "a space after the host"),
+        HostileUrl("idn-private", "http://b\u00fccher.test/", blocked,
+                   "an internationalised name that resolves to 10.0.0.9"),
+        HostileUrl("very-long", "http://intranet.test/" + "a" * 100_000, blocked,
+                   "a 100,000-character link to a name resolving inward"),
     ]  # fmt: skip
 
 
@@ -307,6 +327,7 @@ HOSTS: dict[str, list[str]] = {
     "v6only.test": ["fd00::5"],
     "rebind.test": ["93.184.216.34", "10.0.0.1"],
     "mapped.test": ["::ffff:192.168.1.1"],
+    "xn--bcher-kva.test": ["10.0.0.9"],
 }
 
 
