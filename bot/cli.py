@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from bot.errors import NotFound, RehostError
 from bot.ledger import Origin
@@ -26,6 +28,8 @@ log = logging.getLogger(__name__)
 
 OK, FAILED, USAGE = 0, 1, 2
 HOLD_BACK_LIMIT = 60.0  # seconds an upload may wait for Imgur's quota before we give up
+MAX_HISTORY = 10_000
+_IMGUR_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,12 +43,36 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     upload.add_argument("--title", help="title shown on Imgur")
     delete = commands.add_parser("delete", help="delete an upload through its deletehash")
-    delete.add_argument("target", metavar="LINK_OR_ID")
+    delete.add_argument("target", metavar="LINK_OR_ID", type=_imgur_id)
     history = commands.add_parser("history", help="list recent uploads")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=_history_limit, default=20, metavar="N")
     commands.add_parser("check", help="validate the settings and show Imgur's quota")
     commands.add_parser("serve", help="run only the HTTP upload endpoint")
     return parser
+
+
+def _imgur_id(target: str) -> str:
+    """The Imgur id in a link (``https://i.imgur.com/<id>.png``) or given alone."""
+    path = target.strip()
+    if "://" in path:
+        try:
+            path = urlsplit(path).path  # the host is no id: "https://i.imgur.com/" has none
+        except ValueError:
+            path = ""
+    imgur_id = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+    if not _IMGUR_ID.fullmatch(imgur_id):
+        raise argparse.ArgumentTypeError("expected an Imgur link or id, such as abc1234")
+    return imgur_id
+
+
+def _history_limit(raw: str) -> int:
+    try:
+        limit = int(raw)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, not {raw[:20]!r}") from None
+    if not 1 <= limit <= MAX_HISTORY:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to {MAX_HISTORY}")
+    return limit
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -172,8 +200,7 @@ def _shown(path: Path | str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(path))
 
 
-async def _delete(services: Services, target: str) -> int:
-    imgur_id = target.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
+async def _delete(services: Services, imgur_id: str) -> int:
     upload = await services.ledger.get_upload(imgur_id)
     if upload is None or upload.state != "done":
         raise NotFound(f"No live upload {imgur_id!r} is on record here.")

@@ -166,3 +166,54 @@ async def test_bad_usage_exits_2(cli_env: dict[str, str], tmp_path: Path) -> Non
 
     assert result.code == 2
     assert "usage:" in result.err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("history", "--limit", "0"),
+        ("history", "--limit", "-5"),
+        ("history", "--limit", "99999999999999999999"),
+        ("delete", ""),
+        ("delete", "https://i.imgur.com/"),
+        ("delete", "a" * 5000),
+    ],
+)
+async def test_out_of_range_or_malformed_arguments_are_bad_usage(
+    cli_env: dict[str, str], tmp_path: Path, args: tuple[str, ...]
+) -> None:
+    result = await run(cli_env, *args, cwd=tmp_path)
+
+    assert result.code == 2
+    assert "usage:" in result.err
+    assert "Traceback" not in result.err
+    assert "a" * 100 not in result.err
+
+
+async def test_delete_takes_the_id_from_a_link_with_a_path_before_it(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    result = await run(cli_env, "delete", "../../nosuch1.png", cwd=tmp_path)
+
+    assert result.code == 1
+    assert result.err == "error: No live upload 'nosuch1' is on record here.\n"
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("IMGUR_CLIENT_ID", "abc\ndef"),
+        ("MAX_IMAGE_MB", "nan"),
+        ("IMGUR_API_URL", "http://127.0.0.1:99999"),
+        ("DATABASE_PATH", "."),
+    ],
+)
+async def test_a_malformed_setting_exits_2_with_one_line_naming_it(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path, name: str, value: str
+) -> None:
+    result = await run({**cli_env, name: value}, "upload", str(png_file(tmp_path)), cwd=tmp_path)
+
+    assert result.code == 2
+    assert result.err.startswith(f"error: {name} ")
+    assert len(result.err.strip().splitlines()) == 1, result.err
+    assert imgur.upload_calls == 0
