@@ -75,6 +75,14 @@ def _history_limit(raw: str) -> int:
     return limit
 
 
+class _NoTraceback(logging.Filter):
+    """Keeps a one-shot command's log lines to their message: tracebacks are for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.exc_info, record.exc_text, record.stack_info = None, None, None
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     command = args.command or "run"
@@ -93,6 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         [settings.discord_token, settings.imgur_client_id, settings.imgur_access_token,
          settings.http_token],
     )  # fmt: skip
+    if quiet:
+        for handler in logging.getLogger().handlers:
+            if getattr(handler, "_rehost", False):  # ours, from setup_logging; no one else's
+                handler.addFilter(_NoTraceback())
     try:
         return asyncio.run(_dispatch(command, args, settings))
     except KeyboardInterrupt:

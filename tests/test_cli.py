@@ -217,3 +217,17 @@ async def test_a_malformed_setting_exits_2_with_one_line_naming_it(
     assert result.err.startswith(f"error: {name} ")
     assert len(result.err.strip().splitlines()) == 1, result.err
     assert imgur.upload_calls == 0
+
+
+async def test_a_failure_logged_with_a_traceback_shows_only_its_line(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    # The ledger logs why it cannot open (with the traceback, for the bot's log); a one-shot
+    # command keeps the line and the error, not the traceback.
+    unreachable = "/proc/no-such-process/ledger.sqlite3"
+
+    result = await run({**cli_env, "DATABASE_PATH": unreachable}, "history", cwd=tmp_path)
+
+    assert result.code == 1
+    assert "Traceback" not in result.err
+    assert result.err.strip().splitlines()[-1] == "error: The upload records could not be opened."
