@@ -65,6 +65,8 @@ _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9
 _COUNT = re.compile(r"\d{1,15}")
 _SECONDS = re.compile(r"\d{1,15}(?:\.\d{1,6})?")
 _TAG = re.compile(r"<[^>]*>")
+# Terminal control sequences: CSI (colours, cursor), OSC (window title) and two-byte escapes.
+_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?|[@-_])")
 _WAIT = re.compile(r"wait (\d{1,6}) (?:more )?(second|minute|hour)s?", re.IGNORECASE)
 _WAIT_UNITS: Final = {"second": 1, "minute": 60, "hour": 3600}
 
@@ -918,7 +920,7 @@ def _imgur_reason(payload: object, secrets: Sequence[str]) -> str:
 
 def _clean(text: str, secrets: Sequence[str]) -> str:
     """Plain, short, printable text with no markup and no secret in it."""
-    text = _TAG.sub(" ", html.unescape(text))
+    text = _ESCAPE.sub("", _TAG.sub(" ", html.unescape(text)))
     text = "".join(char if char.isprintable() else " " for char in text)
     text = " ".join(text.split())
     for secret in secrets:

@@ -1372,3 +1372,19 @@ async def test_an_answer_that_trickles_in_is_cut_off(
     # The file went out whole: it is not sent a second time.
     assert raw_peer.connections == 1
     assert sleeps.delays == []
+
+
+async def test_terminal_control_sequences_in_imgur_text_are_dropped_whole(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    write_body: Callable[..., FileBody],
+) -> None:
+    # Dropping only the ESC byte would leave "[31m" and "]0;" litter in the sentence a person
+    # reads on a terminal or in Discord.
+    noisy = "\x1b[31mFile type\x1b[0m invalid\x1b]0;title\x07 (1)"
+    mocked.post(f"{API}/3/image", status=400, payload=error_body(noisy, 400))
+
+    with pytest.raises(ImgurRejected) as caught:
+        await make_client().upload(write_body(samples.png()))
+
+    assert caught.value.reason == "File type invalid (1)"
