@@ -79,14 +79,35 @@ class FileSource:
 
     async def chunks(self) -> AsyncIterator[bytes]:
         try:
-            handle = await asyncio.to_thread(self.path.open, "rb")
+            handle = await asyncio.to_thread(_open_without_waiting, self.path)
         except OSError as exc:
             raise SourceError(f"Cannot read {self.path}: {exc.strerror}.") from exc
         try:
-            while chunk := await asyncio.to_thread(handle.read, BATCH):
+            while True:
+                try:
+                    chunk = await asyncio.to_thread(handle.read, BATCH)
+                except OSError as exc:
+                    raise SourceError(f"Cannot read {self.path}: {exc.strerror}.") from exc
+                if not chunk:
+                    break
                 yield chunk
         finally:
             await asyncio.to_thread(handle.close)
+
+
+def _open_without_waiting(path: Path) -> BinaryIO:
+    """Open ``path`` for reading; a named pipe nobody writes to reads as empty.
+
+    A plain open() of such a pipe waits for a writer, for ever and deaf to Ctrl-C (it blocks
+    a worker thread). A pipe that already has one, as ``<(command)`` gives, reads as usual.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 @dataclass(frozen=True)

@@ -1,5 +1,6 @@
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -123,6 +124,34 @@ async def test_file_source_reads_a_local_file(tmp_path: Path) -> None:
 async def test_file_source_reports_a_missing_file(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="Cannot read"):
         await sources.spool(FileSource(tmp_path / "nope.png"), LIMITS)
+
+
+async def test_file_source_reports_a_directory(tmp_path: Path) -> None:
+    with pytest.raises(SourceError, match="Is a directory"):
+        await sources.spool(FileSource(tmp_path), LIMITS)
+
+
+async def test_a_named_pipe_nobody_writes_to_is_empty_rather_than_a_hang(tmp_path: Path) -> None:
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)
+
+    with pytest.raises(media.EmptyMedia):
+        await asyncio.wait_for(sources.spool(FileSource(fifo), LIMITS), 10)
+
+
+async def test_a_pipe_with_a_writer_is_read_as_a_file() -> None:
+    # What `python -m bot upload <(curl ...)` hands over: /dev/fd/N, a pipe already written.
+    data = samples.png(seed=9)
+    read_end, write_end = os.pipe()
+    try:
+        os.write(write_end, data)
+        os.close(write_end)
+        spooled = await sources.spool(FileSource(Path(f"/dev/fd/{read_end}")), LIMITS)
+    finally:
+        os.close(read_end)
+
+    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    spooled.close()
 
 
 @pytest.mark.parametrize(
