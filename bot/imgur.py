@@ -58,6 +58,18 @@ MAX_REASON_CHARS: Final = 160
 UPLOAD_CREDITS: Final = 10  # what Imgur charges an upload, as its documentation states
 MAX_RESET_AHEAD: Final = 2 * 86400.0  # seconds; no quota of Imgur's refills later than this
 ALBUM_PRIVACY: Final = frozenset({"public", "hidden", "secret"})
+# Imgur serves every video as MP4, whatever was sent.
+_LINK_SUFFIXES: Final = {
+    "image/png": ".png",
+    "image/jpeg": ".jpg",
+    "image/gif": ".gif",
+    "image/webp": ".webp",
+    "image/bmp": ".bmp",
+    "image/tiff": ".tiff",
+    "video/mp4": ".mp4",
+    "video/webm": ".mp4",
+    "video/quicktime": ".mp4",
+}
 
 _DELETEHASH = re.compile(r"[A-Za-z0-9]{1,64}")
 _LINK = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[!-~]{0,2000})?")
@@ -332,7 +344,7 @@ class ImgurClient:
             secrets=secrets,
         )
         data = await self._call(request)
-        return await self._image_from(data)
+        return await self._image_from(data, body.mime)
 
     async def upload_url(self, url: str, *, title: str | None = None) -> ImgurImage:
         """Ask Imgur to fetch ``url`` itself and host what it finds there."""
@@ -705,16 +717,20 @@ class ImgurClient:
 
     # --- answers ------------------------------------------------------------------------
 
-    async def _image_from(self, data: object) -> ImgurImage:
+    async def _image_from(self, data: object, sent_mime: str | None = None) -> ImgurImage:
         """The upload Imgur accepted, or an error after taking back one that cannot be used.
 
-        An answer whose id or link is missing or malformed (a link that is not http(s), or
-        carries control characters) cannot be recorded or shown; if it still names a
-        deletehash, the upload is deleted again so no public copy is left without a record.
+        Older answers may lack ``link``; Imgur's direct links follow from the id and the type
+        (``sent_mime`` when the answer has none). An answer whose id is missing or malformed,
+        or whose link is malformed (not http(s), or with control characters), cannot be
+        recorded or shown; if it still names a deletehash, the upload is deleted again so no
+        public copy is left without a record.
         """
         image_id = _token_field(data, "id")
         link = _link_field(data, "link")
         deletehash = _token_field(data, "deletehash")
+        if link is None and image_id is not None and _text_field(data, "link") is None:
+            link = _direct_link(image_id, _text_field(data, "type") or sent_mime)
         if deletehash is None:
             log.warning("Imgur accepted an upload but its answer has no usable deletehash")
             raise ImgurUnavailable("Imgur took the file but did not say where it is.")
@@ -960,6 +976,14 @@ def _token_field(data: object, name: str) -> str | None:
     """An id or deletehash: the alphanumeric tokens Imgur issues, never anything else."""
     value = _text_field(data, name)
     return value if value is not None and _DELETEHASH.fullmatch(value) else None
+
+
+def _direct_link(image_id: str, mime: str | None) -> str:
+    """Imgur's direct link for an upload, or its page when the type has no known suffix."""
+    suffix = _LINK_SUFFIXES.get((mime or "").lower())
+    if suffix is None:
+        return f"https://imgur.com/{image_id}"
+    return f"https://i.imgur.com/{image_id}{suffix}"
 
 
 def _link_field(data: object, name: str) -> str | None:

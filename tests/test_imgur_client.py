@@ -1229,7 +1229,7 @@ def deletes_sent(mocked: aioresponses) -> list[str]:
 @pytest.mark.parametrize(
     "changes",
     [
-        {"link": None},
+        {"id": None, "link": None},
         {"link": "javascript:alert(1)"},
         {"link": "https://i.imgur.com/aB3dE5g.png\x1b[2J"},
         {"link": "https://i.imgur.com/aB3dE5g.png\nforged line"},
@@ -1256,6 +1256,35 @@ async def test_an_upload_answer_without_a_usable_id_or_link_is_taken_back(
     assert "x1Y2z3W4v5U6t7S" not in full_chain(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("answer_type", "sent", "link"),
+    [
+        ("image/png", "image/png", "https://i.imgur.com/aB3dE5g.png"),
+        (None, "image/jpeg", "https://i.imgur.com/aB3dE5g.jpg"),
+        ("video/mp4", "video/quicktime", "https://i.imgur.com/aB3dE5g.mp4"),
+        (None, "application/x-new", "https://imgur.com/aB3dE5g"),
+    ],
+)
+async def test_an_upload_answer_without_a_link_gets_imgurs_direct_link(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    write_body: Callable[..., FileBody],
+    answer_type: str | None,
+    sent: str,
+    link: str,
+) -> None:
+    # IMGUR_API.md: older answers lack some fields; the link follows from the id and type.
+    route = "/3/upload" if sent.startswith("video/") else "/3/image"
+    mocked.post(f"{API}{route}", payload=upload_answer(link=None, type=answer_type))
+
+    image = await make_client().upload(
+        write_body(samples.png(), mime=sent), video=sent.startswith("video/")
+    )
+
+    assert (image.id, image.link, image.deletehash) == ("aB3dE5g", link, "x1Y2z3W4v5U6t7S")
+    assert deletes_sent(mocked) == []
+
+
 async def test_an_upload_answer_whose_deletehash_is_not_a_token_is_not_trusted(
     make_client: Callable[..., ImgurClient],
     mocked: aioresponses,
@@ -1274,7 +1303,7 @@ async def test_a_failed_take_back_still_reports_the_upload_unusable(
     mocked: aioresponses,
     write_body: Callable[..., FileBody],
 ) -> None:
-    mocked.post(f"{API}/3/image", payload=upload_answer(link=None))
+    mocked.post(f"{API}/3/image", payload=upload_answer(link="ftp://i.imgur.com/x.png"))
     mocked.delete(f"{API}/3/image/x1Y2z3W4v5U6t7S", status=403, payload=error_body("no", 403))
 
     with pytest.raises(ImgurUnavailable, match="did not say where it is"):
