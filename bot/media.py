@@ -139,6 +139,18 @@ def check_ending(media_type: MediaType, tail: bytes) -> None:
         raise TruncatedMedia("The GIF file is incomplete.")
 
 
+def check_length(media_type: MediaType, head: bytes, size: int) -> None:
+    """Refuse a file of ``size`` bytes that is shorter than its own header says it is.
+
+    A WebP states its length in its RIFF header; Imgur refuses one that stops short as corrupt,
+    after the upload has been paid for.
+    """
+    if media_type.mime == "image/webp" and len(head) >= 8:
+        (riff_size,) = struct.unpack("<I", head[4:8])
+        if size < riff_size + 8:
+            raise TruncatedMedia("The WebP file is incomplete.")
+
+
 def _ends_with_zip(tail: bytes) -> bool:
     """Whether ``tail`` ends with a ZIP end-of-central-directory record (and its comment)."""
     position = tail.rfind(_ZIP_END)

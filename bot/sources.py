@@ -416,6 +416,7 @@ async def spool(
     assert result.media_type is not None
     try:
         media.check_ending(result.media_type, result.tail)
+        media.check_length(result.media_type, head, result.size)
     except media.MediaError:
         await asyncio.to_thread(result.close)
         raise

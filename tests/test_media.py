@@ -80,6 +80,17 @@ def test_a_cut_png_or_gif_is_noticed() -> None:
         media.check_ending(media.sniff(gif), gif[:-1][-16:])
 
 
+def test_a_webp_shorter_than_its_riff_header_says_is_noticed() -> None:
+    payload = b"VP8 " + (10).to_bytes(4, "little") + bytes(10)
+    webp = b"RIFF" + (4 + len(payload)).to_bytes(4, "little") + b"WEBP" + payload
+    found = media.sniff(webp)
+
+    media.check_length(found, webp, len(webp))
+    media.check_length(found, webp, len(webp) + 2)  # padding after the end is not a cut
+    with pytest.raises(media.TruncatedMedia, match="WebP"):
+        media.check_length(found, webp, len(webp) - 1)
+
+
 def test_labels_read_well() -> None:
     assert media.sniff(samples.png()).label == "PNG image"
     assert media.sniff(samples.gif(animated=True)).label == "animated GIF"

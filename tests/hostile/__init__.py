@@ -187,6 +187,8 @@ def files() -> list[HostileFile]:
                     "a PNG cut inside its image data"),
         HostileFile("gif-without-trailer", "cut.gif", gif[:-1], TruncatedMedia,
                     "a GIF without its trailer byte"),
+        HostileFile("webp-cut", "cut.webp", webp()[:-4], TruncatedMedia,
+                    "a WebP shorter than its RIFF header says"),
         # Sizes that lie or overflow.
         HostileFile("declared-over-image-limit", "huge.png", png, MediaTooLarge,
                     "a PNG announced as larger than the image limit",
