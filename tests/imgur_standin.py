@@ -31,6 +31,7 @@ Faults for ``fail_next``, each as Imgur has been seen to fail:
 ``rate_limited``       429 in the configured (or a chosen) shape
 ``invalid_client``     403 "Invalid client_id"
 ``reject``             400 with a string error (a chosen message)
+``bad_link``           stored as usual, answered with a malformed ``link`` (a chosen one)
 =====================  =================================================================
 
 Where IMGUR_API.md leaves a point open, the stand-in makes a choice and says so here:
@@ -88,6 +89,7 @@ Fault = Literal[
     "rate_limited",
     "invalid_client",
     "reject",
+    "bad_link",
 ]
 FAULTS: frozenset[str] = frozenset(get_args(Fault))
 
@@ -98,6 +100,7 @@ MB = 1024 * 1024
 NO_IMAGE_DATA = "No image data was sent to the upload api"
 OVER_SIZE_LIMIT = "File is over the size limit"
 OVER_CAPACITY = "Imgur is temporarily over capacity. Please try again later."
+BAD_LINK = "javascript:alert(1)"  # not Imgur's: what a broken proxy or answer could carry
 NOT_UPLOADED = "File was not uploaded correctly"
 INVALID_CLIENT = "Invalid client_id"
 INVALID_TOKEN = "The access token provided is invalid."
@@ -637,7 +640,7 @@ class ImgurStandIn:
         form = await self._read_form(request, record)
         request[FORM_KEY] = form
 
-        if fault is not None and fault.fault != "slow":
+        if fault is not None and fault.fault not in ("slow", "bad_link"):
             log.debug("stand-in injects %s on %s %s", fault.fault, request.method, request.path)
             return self._fault_response(request, fault)
 
@@ -646,6 +649,8 @@ class ImgurStandIn:
             return refusal
 
         response: web.StreamResponse = await handler(request)
+        if fault is not None and fault.fault == "bad_link":
+            return self._with_link(response, fault.message or BAD_LINK)
         if fault is not None:
             # The work is done (an upload is stored) before the late answer: a client that
             # gives up waiting has still uploaded, as with a real timed-out upload.
@@ -1149,6 +1154,15 @@ class ImgurStandIn:
             if image.account_id:
                 data["account_url"] = "standin-account"
         return data
+
+    def _with_link(self, response: web.StreamResponse, link: str) -> web.Response:
+        """The same answer with ``data.link`` replaced: the upload itself stays stored."""
+        assert isinstance(response, web.Response)
+        assert response.text is not None
+        body = json.loads(response.text)
+        if isinstance(body.get("data"), dict):
+            body["data"]["link"] = link
+        return self._json(response.status, body)
 
     def _success(self, data: Any) -> web.Response:
         return self._json(200, {"data": data, "success": True, "status": 200})

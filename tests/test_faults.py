@@ -95,6 +95,9 @@ FAULTS = [
               "to delete it, and the attempt stays on record as failed with its sha256"),
     Fault("very-slow-answer", "slow", LINK, 1, delay=0.8,
           why="an answer slower than usual but inside the timeout"),
+    Fault("malformed-link", "bad_link", ImgurUnavailable, 1,
+          why="stored, but answered with a link that is no address: nothing to record or "
+              "show, so the upload is deleted again through the deletehash it did carry"),
 ]  # fmt: skip
 
 

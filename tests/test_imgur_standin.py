@@ -847,6 +847,20 @@ async def test_slow_upload_is_stored_even_when_the_client_gives_up(
     await standin.wait_for(lambda: len(standin.images) == 1)
 
 
+async def test_bad_link_fault_stores_the_upload_and_answers_a_malformed_link(
+    standin: ImgurStandIn, session: aiohttp.ClientSession
+) -> None:
+    standin.fail_next("bad_link", message="ftp://elsewhere/x.png")
+
+    answer = await upload(session, standin, png())
+
+    data = answer.json()["data"]
+    assert answer.status == 200
+    assert data["link"] == "ftp://elsewhere/x.png"
+    assert standin.images[data["id"]].deletehash == data["deletehash"]
+    assert standin.requests[0].fault == "bad_link"
+
+
 async def test_drop_fault_cuts_the_connection_without_an_answer(
     standin: ImgurStandIn, session: aiohttp.ClientSession
 ) -> None:
