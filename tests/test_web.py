@@ -426,6 +426,60 @@ async def test_a_client_that_hangs_up_mid_file_leaves_nothing_behind(
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
+async def test_a_client_that_hangs_up_while_imgur_works_still_gets_its_upload_recorded(
+    endpoint: Endpoint, imgur: ImgurStandIn
+) -> None:
+    # Imgur has the file by then: the upload must finish and be recorded with its deletehash,
+    # not be cancelled into an unconfirmed copy.
+    imgur.fail_next("slow", path="/3/image", delay=1.0)
+    data = samples.png(seed=52)
+    body = (
+        b'--cut\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+        + data
+        + b"\r\n--cut--\r\n"
+    )
+    port = int(endpoint.base.rsplit(":", 1)[1])
+
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\n".encode()
+        + b"Content-Type: multipart/form-data; boundary=cut\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+    await writer.drain()
+    await eventually(lambda: len(imgur.uploads()) == 1, "the upload to reach Imgur")
+    writer.close()
+    await writer.wait_closed()
+    ledger = endpoint.services.ledger
+    await eventually(lambda: bool(imgur.images), "Imgur to store the file")
+    [image] = imgur.images.values()
+    deadline = time.monotonic() + WAIT
+    while (upload := await ledger.get_upload(image.id)) is None:
+        assert time.monotonic() < deadline, "the upload was never recorded"
+        await asyncio.sleep(0.05)
+
+    assert upload.state == "done"
+    assert upload.deletehash == image.deletehash
+    assert await ledger.pending_uploads() == []
+    assert imgur.upload_calls == 1
+
+
+async def test_concurrent_uploads_of_the_same_bytes_call_imgur_once(
+    endpoint: Endpoint, imgur: ImgurStandIn
+) -> None:
+    data = samples.png(seed=53)
+
+    answers = await asyncio.gather(*(endpoint.upload(data, f"copy{i}.png") for i in range(8)))
+
+    assert {a.status for a in answers} == {200}
+    assert len({a.body["id"] for a in answers}) == 1
+    assert imgur.upload_calls == 1
+    rehosts = await endpoint.services.ledger.recent_rehosts(door="http")
+    assert sorted(r.reused for r in rehosts) == [False] + [True] * 7
+
+
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
