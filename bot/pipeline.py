@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
@@ -73,6 +74,8 @@ class Pipeline:
             RehostError: one of its subclasses, each with a sentence for the person who asked.
         """
         started = time.monotonic()
+        # One rule for every door's titles; a door may apply it earlier to refuse sooner.
+        origin = dataclasses.replace(origin, title=sources.clean_title(origin.title))
         # A fair turn to fetch and hash: a burst does not download everything at once, and
         # the guild that posted last does not wait behind everyone else's downloads.
         async with self.scheduler.admit(origin):

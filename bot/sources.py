@@ -15,7 +15,7 @@ import tempfile
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Final, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractResolver, ResolveResult
@@ -33,6 +33,7 @@ CHUNK = 256 * 1024
 # never spends more than a moment on a large file.
 BATCH = 1024 * 1024
 MEMORY_SPOOL_LIMIT = 1024 * 1024
+TITLE_LIMIT: Final = 256  # characters of a title sent to Imgur
 MAX_REDIRECTS = 5
 FETCH_TIMEOUT = aiohttp.ClientTimeout(total=300, connect=10, sock_connect=10, sock_read=30)
 
@@ -429,6 +430,20 @@ def _identify(result: Spool, head: bytes, limits: MediaLimits, declared: int | N
     result.filename = f"{clean_stem(result.filename)}.{result.media_type.extension}"
     if declared is not None:
         media.check_size(declared, limits, result.media_type)
+
+
+def clean_title(title: str | None) -> str | None:
+    """A title on one line without control characters; None when blank.
+
+    Raises:
+        SourceError: longer than ``TITLE_LIMIT`` once cleaned.
+    """
+    if title is None:
+        return None
+    cleaned = " ".join("".join(c if c.isprintable() else " " for c in title).split())
+    if len(cleaned) > TITLE_LIMIT:
+        raise SourceError(f"The title may be at most {TITLE_LIMIT} characters.")
+    return cleaned or None
 
 
 def clean_stem(filename: str) -> str:

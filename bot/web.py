@@ -39,7 +39,7 @@ from bot.media import MediaError, MediaTooLarge, TruncatedMedia, UnsupportedMedi
 from bot.scheduler import QueueFull
 from bot.services import Services, open_services
 from bot.settings import Settings, SettingsError
-from bot.sources import SourceError, StreamSource
+from bot.sources import SourceError, StreamSource, clean_title
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,6 @@ READ_CHUNK: Final = 256 * 1024
 SMALL_BODY_LIMIT: Final = 64 * 1024
 # Room for the multipart boundaries, part headers and a title around the file itself.
 FORM_OVERHEAD: Final = 128 * 1024
-TITLE_LIMIT: Final = 256
 QUEUE_RETRY_AFTER: Final = 30
 UNKNOWN_RESET_RETRY_AFTER: Final = 3600
 HEALTH_TTL: Final = 60.0
@@ -433,15 +432,7 @@ async def _read_title(part: BodyPartReader) -> str | None:
         text = raw.decode(part.get_charset("utf-8"))
     except (ValueError, LookupError) as exc:
         raise BadRequest("The title is not readable text.") from exc
-    return _clean_title(text)
-
-
-def _clean_title(text: str) -> str | None:
-    """The title on one line, without control characters; None when blank."""
-    title = " ".join("".join(c if c.isprintable() else " " for c in text).split())
-    if len(title) > TITLE_LIMIT:
-        raise BadRequest(f"The title may be at most {TITLE_LIMIT} characters.")
-    return title or None
+    return clean_title(text)
 
 
 async def _file_chunks(
@@ -485,7 +476,7 @@ async def _upload_url(request: web.Request, services: Services) -> Rehost:
         raise BadRequest("The title must be text.")
 
     source = services.pipeline.url_source(url.strip())
-    origin = Origin(door=DOOR, title=_clean_title(title or ""), filename=source.filename)
+    origin = Origin(door=DOOR, title=clean_title(title), filename=source.filename)
     return await services.pipeline.rehost(source, origin)
 
 

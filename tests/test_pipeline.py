@@ -9,7 +9,7 @@ from bot.imgur import ImgurRejected, ImgurUnavailable
 from bot.ledger import LedgerError, Origin
 from bot.services import Services, open_services
 from bot.settings import Settings
-from bot.sources import StreamSource
+from bot.sources import SourceError, StreamSource
 from tests import samples
 from tests.conftest import WebFiles
 from tests.imgur_standin import ImgurStandIn
@@ -42,6 +42,32 @@ async def test_rehost_uploads_and_records_the_deletehash(
     assert image.title == "cat"
     assert image.encoding == "multipart"
     assert image.file_field == "image"
+
+
+async def test_every_doors_title_reaches_imgur_and_the_ledger_on_one_clean_line(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    title = "two\nlines\x1b[31m and a \u202eturn\x00 "
+
+    rehost = await services.pipeline.rehost(
+        source(samples.png(seed=40)), Origin("cli", title=title)
+    )
+
+    image = imgur.images[rehost.upload.imgur_id]  # type: ignore[index]
+    assert image.title == rehost.origin.title == "two lines [31m and a turn"
+    recorded = await services.ledger.get_rehost(rehost.id)
+    assert recorded is not None
+    assert recorded.origin.title == "two lines [31m and a turn"
+
+
+async def test_an_overlong_title_is_refused_before_anything_is_uploaded(
+    services: Services, imgur: ImgurStandIn
+) -> None:
+    with pytest.raises(SourceError, match="at most 256 characters"):
+        await services.pipeline.rehost(source(samples.png(seed=41)), Origin("cli", title="t" * 257))
+
+    assert imgur.upload_calls == 0
+    assert await services.ledger.count_uploads_since(0) == 0
 
 
 async def test_the_same_bytes_twice_call_imgur_once(
