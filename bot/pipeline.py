@@ -47,11 +47,15 @@ class Pipeline:
         fetcher: Fetcher,
         scheduler: Scheduler,
         limits: MediaLimits,
+        discord_fetcher: Fetcher | None = None,
         spool_dir: Path | None = None,
     ) -> None:
         self.imgur = imgur
         self.ledger = ledger
         self.fetcher = fetcher
+        # Set when Discord itself is on a private address (a proxy, a stand-in): attachments
+        # it issued there are fetched from it; every other link keeps the address rules.
+        self.discord_fetcher = discord_fetcher
         self.scheduler = scheduler
         self.limits = limits
         self._spool_dir = spool_dir
@@ -60,10 +64,21 @@ class Pipeline:
         self.interrupted: list[tuple[Upload, Origin]] = []
 
     def url_source(
-        self, url: str, *, filename: str = "", declared_size: int | None = None
+        self,
+        url: str,
+        *,
+        filename: str = "",
+        declared_size: int | None = None,
+        from_discord: bool = False,
     ) -> UrlSource:
-        """A source for ``url``, fetched under the address rules."""
-        return UrlSource(url, self.fetcher, filename, declared_size)
+        """A source for ``url``, fetched under the address rules.
+
+        ``from_discord`` marks a link Discord issued (an attachment's), not one a person typed.
+        """
+        fetcher = self.fetcher
+        if from_discord and self.discord_fetcher is not None and self.discord_fetcher.serves(url):
+            fetcher = self.discord_fetcher
+        return UrlSource(url, fetcher, filename, declared_size)
 
     async def rehost(
         self, source: Source, origin: Origin, *, on_progress: ProgressCallback | None = None

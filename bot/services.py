@@ -5,13 +5,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import ipaddress
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Final
 
 import aiohttp
+from yarl import URL
 
 from bot.imgur import ImgurClient
 from bot.ledger import Ledger
@@ -20,9 +22,11 @@ from bot.pipeline import Pipeline
 from bot.quota import QuotaKeeper
 from bot.scheduler import Scheduler
 from bot.settings import Settings
-from bot.sources import Fetcher
+from bot.sources import Fetcher, is_public_address
 
 log = logging.getLogger(__name__)
+
+LOOPBACK_NAMES: Final = frozenset({"localhost", "127.0.0.1", "::1"})
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,13 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
         fetch_session = await stack.enter_async_context(
             Fetcher.create_session(allow_private=settings.allow_private_urls)
         )
+        discord_fetcher = None
+        discord_hosts = _discord_hosts(settings)
+        if discord_hosts and not settings.allow_private_urls:
+            discord_session = await stack.enter_async_context(
+                Fetcher.create_session(allow_private=True)
+            )
+            discord_fetcher = Fetcher(discord_session, allow_private=True, hosts=discord_hosts)
         ledger = await Ledger.open(settings.database_path)
         stack.push_async_callback(ledger.close)
         lease = LedgerLease(settings.database_path)
@@ -72,6 +83,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             fetcher=Fetcher(fetch_session, allow_private=settings.allow_private_urls),
             scheduler=scheduler,
             limits=MediaLimits(image=settings.max_image_bytes, video=settings.max_video_bytes),
+            discord_fetcher=discord_fetcher,
         )
         if alone:
             await pipeline.reconcile()
@@ -79,6 +91,33 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             log.debug("the ledger is in use elsewhere; pending uploads there are not interrupted")
         await lease.share()
         yield Services(settings=settings, imgur=imgur, ledger=ledger, pipeline=pipeline)
+
+
+def _discord_hosts(settings: Settings) -> frozenset[str]:
+    """The hosts of DISCORD_API_URL and DISCORD_GATEWAY_URL, but public addresses.
+
+    Discord's own attachment links point at its public CDN. When an operator points the bot
+    at a Discord proxy or stand-in inside the network, the attachments it issues live there
+    too, and must be fetched from there whatever ALLOW_PRIVATE_URLS says of people's links.
+    A name is kept whatever it resolves to: the operator chose it as Discord.
+    """
+    hosts: set[str] = set()
+    for url in (settings.discord_api_url, settings.discord_gateway_url):
+        host = URL(url).host
+        if host is None:
+            continue
+        try:
+            address = ipaddress.ip_address(host)
+        except ValueError:
+            hosts.add(host)
+            continue
+        if address.is_loopback:
+            hosts |= LOOPBACK_NAMES  # "localhost" and 127.0.0.1 name the same place
+        elif not is_public_address(host):
+            hosts.add(host)
+    if "localhost" in hosts:
+        hosts |= LOOPBACK_NAMES
+    return frozenset(hosts)
 
 
 class LedgerLease:

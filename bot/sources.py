@@ -185,9 +185,26 @@ class PublicOnlyResolver(AbstractResolver):
 class Fetcher:
     """Downloads untrusted URLs: http(s) only, public addresses only, bounded in every way."""
 
-    def __init__(self, session: aiohttp.ClientSession, *, allow_private: bool = False) -> None:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        *,
+        allow_private: bool = False,
+        hosts: frozenset[str] | None = None,
+    ) -> None:
+        """``hosts``, when given, are the only hosts fetched from, redirects included."""
         self._session = session
         self._allow_private = allow_private
+        self._hosts = hosts
+
+    def serves(self, url: str) -> bool:
+        """Whether ``url`` is on a host this fetcher may fetch from."""
+        if self._hosts is None:
+            return True
+        try:
+            return URL(url.strip()).host in self._hosts
+        except ValueError:
+            return False
 
     @classmethod
     def create_session(cls, *, allow_private: bool = False) -> aiohttp.ClientSession:
@@ -214,6 +231,8 @@ class Fetcher:
             raise SourceError("That is not a valid link.")
         if url.user is not None or url.password is not None:
             raise SourceError("Links with a user name or password cannot be rehosted.")
+        if self._hosts is not None and url.host not in self._hosts:
+            raise BlockedAddress("That link leads away from Discord's servers.")
         if self._allow_private:
             return
         try:

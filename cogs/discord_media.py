@@ -116,7 +116,10 @@ async def rehost_item(
 ) -> Rehost:
     """Rehost one item; an attachment that cannot be fetched is tried once more, fresh."""
     pipeline = bot.services.pipeline
-    source = pipeline.url_source(item.url, filename=item.filename, declared_size=item.size)
+    attachment = item.attachment_id is not None  # Discord issued the link, not a person
+    source = pipeline.url_source(
+        item.url, filename=item.filename, declared_size=item.size, from_discord=attachment
+    )
     try:
         return await pipeline.rehost(source, origin, on_progress=on_progress)
     except BlockedAddress:
@@ -133,7 +136,9 @@ async def rehost_item(
             message.id,
         )
 
-    source = pipeline.url_source(fresh, filename=item.filename, declared_size=item.size)
+    source = pipeline.url_source(
+        fresh, filename=item.filename, declared_size=item.size, from_discord=True
+    )
     return await pipeline.rehost(source, origin, on_progress=on_progress)
 
 

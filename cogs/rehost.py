@@ -42,7 +42,7 @@ class RehostCommand(commands.Cog):
         pipeline = self.bot.services.pipeline
         if image is not None:
             source = pipeline.url_source(
-                image.url, filename=image.filename, declared_size=image.size
+                image.url, filename=image.filename, declared_size=image.size, from_discord=True
             )
             spoiler = image.is_spoiler()
         else:

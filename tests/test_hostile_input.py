@@ -10,6 +10,7 @@ table for the corpus's ``.test`` names and the C library for numeric forms, neve
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -421,3 +422,75 @@ def test_public_addresses_stay_allowed(address: str) -> None:
     # The counterpart of the refusals: the rule must not refuse the internet itself.
     assert sources.is_public_address(address)
     assert ipaddress.ip_address(address)
+
+
+# --- links Discord issued, when Discord itself is inside the network ------------------------
+
+
+@pytest.fixture
+async def behind_a_discord_proxy(
+    guarded_settings: Settings, web_files: WebFiles, tripwire: Tripwire
+) -> AsyncIterator[Services]:
+    """Production link rules, with Discord reached through a proxy on this machine."""
+    settings = dataclasses.replace(
+        guarded_settings,
+        discord_api_url=f"{web_files.base}/api/v10",
+        discord_gateway_url="ws://localhost:1/",
+    )
+    async with open_services(settings) as services:
+        yield services
+
+
+async def test_an_attachment_discord_issued_on_its_own_host_is_fetched(
+    behind_a_discord_proxy: Services, web_files: WebFiles, imgur: ImgurStandIn
+) -> None:
+    link = web_files.serve_bytes("/attachments/1/2/cat.png", samples.png(seed=300))
+    pipeline = behind_a_discord_proxy.pipeline
+
+    rehost = await pipeline.rehost(pipeline.url_source(link, from_discord=True), ORIGIN)
+
+    assert rehost.upload.state == "done"
+    assert imgur.upload_calls == 1
+
+
+async def test_the_same_link_typed_by_a_person_keeps_the_address_rules(
+    behind_a_discord_proxy: Services, web_files: WebFiles, imgur: ImgurStandIn
+) -> None:
+    link = web_files.serve_bytes("/attachments/1/2/cat.png", samples.png(seed=301))
+    pipeline = behind_a_discord_proxy.pipeline
+
+    with pytest.raises(sources.BlockedAddress):
+        await pipeline.rehost(pipeline.url_source(link), ORIGIN)
+
+    assert web_files.hits == []
+    await assert_nothing_happened(behind_a_discord_proxy, imgur)
+
+
+async def test_an_attachment_link_elsewhere_inside_the_network_is_refused(
+    behind_a_discord_proxy: Services, tripwire: Tripwire, imgur: ImgurStandIn
+) -> None:
+    pipeline = behind_a_discord_proxy.pipeline
+    inward = pipeline.url_source("http://10.0.0.7/attachments/1/2/cat.png", from_discord=True)
+
+    with pytest.raises(sources.BlockedAddress):
+        await pipeline.rehost(inward, ORIGIN)
+
+    assert tripwire.refused() == []
+    assert ("10.0.0.7", 80) not in tripwire.attempts
+    await assert_nothing_happened(behind_a_discord_proxy, imgur)
+
+
+async def test_discords_attachment_may_not_redirect_away_from_its_host(
+    behind_a_discord_proxy: Services, web_files: WebFiles, imgur: ImgurStandIn
+) -> None:
+    async def away(request: web.Request) -> web.StreamResponse:
+        raise web.HTTPFound("http://10.0.0.7/cat.png")
+
+    link = web_files.serve("/attachments/1/2/away.png", away)
+    pipeline = behind_a_discord_proxy.pipeline
+
+    with pytest.raises(sources.BlockedAddress):
+        await pipeline.rehost(pipeline.url_source(link, from_discord=True), ORIGIN)
+
+    assert web_files.hits == ["/attachments/1/2/away.png"]
+    await assert_nothing_happened(behind_a_discord_proxy, imgur)

@@ -270,9 +270,12 @@ async def running_bot(
     *,
     database: Path | None = None,
     log_name: str = "bot.log",
+    extra_env: dict[str, str] | None = None,
 ) -> AsyncIterator[BotProcess]:
     """The bot, running for the block; stopped with SIGTERM after it (and checked), or killed."""
-    bot = await start_bot(discord, imgur, workdir, database=database, log_name=log_name)
+    bot = await start_bot(
+        discord, imgur, workdir, database=database, log_name=log_name, extra_env=extra_env
+    )
     try:
         yield bot
     except BaseException:

@@ -170,6 +170,41 @@ async def test_without_the_message_content_intent_commands_work_and_auto_rehost_
     assert not leaks(discord, imgur, [bot.log])
 
 
+async def test_with_private_links_refused_discords_own_attachments_are_still_rehosted(
+    tmp_path: Path,
+) -> None:
+    # Production's link rule, while Discord (its CDN too) is a stand-in on 127.0.0.1.
+    private_links_refused = {"ALLOW_PRIVATE_URLS": "false"}
+    async with (
+        stand_ins() as (discord, imgur),
+        LinkedFiles() as files,
+        running_bot(discord, imgur, tmp_path, extra_env=private_links_refused) as bot,
+    ):
+        server = new_server(discord, "private links refused")
+        attached = fresh_png()
+        command = await discord.invoke_slash(
+            "imgur", server.alice, server.media, {"image": Attachment("a.png", attached)}
+        )
+        await answered(command)
+        image = copy_of(imgur, attached)
+        assert image is not None
+        assert link_of(imgur, image) in (command.response_content or "")
+
+        linked = fresh_png()
+        typed = await discord.invoke_slash(
+            "imgur", server.bob, server.media, {"url": files.add("inside.png", linked)}
+        )
+        await answered(typed)
+        visible = typed.visible_messages()
+        assert not visible.channel, "an error must not stay public"
+        (refusal,) = visible.invoker_only
+        assert "private or local address" in refusal.content
+        assert files.hits == []
+        assert copy_of(imgur, linked) is None
+
+    assert not leaks(discord, imgur, [bot.log])
+
+
 async def test_a_refused_token_stops_the_bot_with_one_clear_line(tmp_path: Path) -> None:
     wrong = new_secret("old-token")
     async with stand_ins() as (discord, imgur):
