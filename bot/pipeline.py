@@ -112,7 +112,7 @@ class Pipeline:
                     return rehost
                 rehost = await self._upload(spooled, origin, on_progress)
         finally:
-            await asyncio.to_thread(spooled.close)
+            await spooled.release()
 
         log.info(
             "rehosted %s %s for %s (%d bytes, %.0f ms)",

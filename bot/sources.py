@@ -335,6 +335,13 @@ class Spool:
         else:
             self._file.write(data)
 
+    async def release(self) -> None:
+        """``close``, in a worker thread when there is a file to remove."""
+        if self._path is None:
+            self.close()
+        else:
+            await asyncio.to_thread(self.close)
+
     def absorb_all(self, chunks: list[bytes]) -> None:
         """``absorb`` each chunk in turn; blocking."""
         for chunk in chunks:
@@ -385,6 +392,9 @@ async def spool(
     if declared is not None:
         media.check_size(declared, limits)
     result = Spool(source.filename, directory)
+    # A source announced as small stays in memory, and hashing it takes about a millisecond
+    # at most: that is done on the event loop, where the thread hops would cost as much.
+    small = declared is not None and declared <= MEMORY_SPOOL_LIMIT
     pending: asyncio.Future[None] | None = None
     # Chunks go to a worker thread as they came, to be hashed and written there: the event
     # loop never copies the bytes (copying megabytes on the loop stalled it for milliseconds).
@@ -413,23 +423,30 @@ async def spool(
             if batched >= BATCH:
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
+                    pending = None
+                if small:
+                    result.absorb_all(batch)
+                else:
+                    pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
                 batch, batched = [], 0
 
         if result.media_type is None:
             _identify(result, head, limits, declared)
         if pending is not None:
             await pending
-        await asyncio.to_thread(_finish, result, batch)
+        if small:
+            _finish(result, batch)
+        else:
+            await asyncio.to_thread(_finish, result, batch)
     except BaseException:
         if pending is not None:
             with contextlib.suppress(BaseException):
                 await pending
-        await asyncio.to_thread(result.close)
+        await result.release()
         raise
 
     if declared is not None and result.size != declared:
-        await asyncio.to_thread(result.close)
+        await result.release()
         raise media.TruncatedMedia(
             f"Received {result.size} bytes but {declared} were announced; try again."
         )
@@ -438,7 +455,7 @@ async def spool(
         media.check_ending(result.media_type, result.tail)
         media.check_length(result.media_type, head, result.size)
     except media.MediaError:
-        await asyncio.to_thread(result.close)
+        await result.release()
         raise
     return result
 
