@@ -629,6 +629,19 @@ class ImgurClient:
             return ImgurRateLimited(reset_at)
         if over_capacity:
             return _Transient(f"HTTP {status}, over capacity")
+        if status in (401, 403) and not _is_imgur_answer(payload):
+            # Imgur refuses credentials in JSON; a page instead is a block (Imgur shuts out
+            # the UK since September 2025) or a proxy's, and says nothing of the client id.
+            log.warning(
+                "Imgur %s %s -> HTTP %d with no API answer: turned away",
+                request.method,
+                request.route,
+                status,
+            )
+            return ImgurUnavailable(
+                f"Imgur turned the request away (HTTP {status}) without an API answer; "
+                "it may be blocked from this network."
+            )
         if status in (401, 403):
             log.warning(
                 "Imgur %s %s -> HTTP %d: not authorised", request.method, request.route, status
@@ -899,6 +912,11 @@ def _parse_json(raw: bytes) -> object:
     except (ValueError, RecursionError):
         return None
     return value
+
+
+def _is_imgur_answer(payload: object) -> bool:
+    """Whether a body is one of the API's JSON shapes (its envelope, or the 429 ``errors``)."""
+    return isinstance(payload, dict) and ("data" in payload or "errors" in payload)
 
 
 def _envelope_status(payload: Mapping[str, object]) -> int:

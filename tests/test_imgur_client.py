@@ -1417,3 +1417,35 @@ async def test_terminal_control_sequences_in_imgur_text_are_dropped_whole(
         await make_client().upload(write_body(samples.png()))
 
     assert caught.value.reason == "File type invalid (1)"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "content_type"),
+    [
+        (403, "<html><body><h1>403 Forbidden</h1>Unavailable in your region</body></html>",
+         "text/html"),
+        (403, "", "text/plain"),
+        (401, '{"message": "Unauthorized"}', "application/json"),
+    ],
+)  # fmt: skip
+async def test_a_403_page_that_is_not_imgurs_answer_does_not_blame_the_client_id(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    sleeps: Sleeps,
+    write_body: Callable[..., FileBody],
+    status: int,
+    body: str,
+    content_type: str,
+) -> None:
+    # Imgur refuses a client id in its JSON envelope; a bare page is a block (Imgur shuts out
+    # the UK) or a proxy's, and sending the operator to IMGUR_CLIENT_ID would mislead.
+    mocked.post(f"{API}/3/image", status=status, body=body, content_type=content_type)
+
+    with pytest.raises(ImgurUnavailable) as caught:
+        await make_client().upload(write_body(samples.png()))
+
+    assert str(caught.value) == (
+        f"Imgur turned the request away (HTTP {status}) without an API answer; "
+        "it may be blocked from this network."
+    )
+    assert sleeps.delays == []
