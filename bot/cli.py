@@ -203,7 +203,9 @@ def _held_back(services: Services, origin: Origin) -> str | None:
     start = services.pipeline.scheduler.estimate(origin)
     if start is None or start - time.time() < HOLD_BACK_LIMIT:
         return None
-    when = time.strftime("%H:%M", time.localtime(start))
+    shown = time.localtime(start)
+    today = time.localtime()[:3] == shown[:3]
+    when = time.strftime("%H:%M" if today else "%Y-%m-%d %H:%M", shown)
     return f"not uploaded: Imgur's upload quota is spent until about {when}; try again then."
 
 

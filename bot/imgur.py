@@ -108,12 +108,15 @@ class ImgurAuthError(ImgurError):
 class ImgurRateLimited(ImgurError):
     """An Imgur quota is spent; ``reset_at`` is the unix time it refills, or None if unknown."""
 
-    def __init__(self, reset_at: float | None) -> None:
+    def __init__(self, reset_at: float | None, *, now: float | None = None) -> None:
         self.reset_at = reset_at
         if reset_at is None:
             super().__init__("Imgur's upload quota is spent; try again later.")
         else:
-            when = datetime.fromtimestamp(reset_at, UTC).strftime("%H:%M UTC")
+            # The daily budget may refill tomorrow: a bare time would read as today's.
+            reset = datetime.fromtimestamp(reset_at, UTC)
+            today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
+            when = reset.strftime("%H:%M UTC" if reset.date() == today else "%Y-%m-%d %H:%M UTC")
             super().__init__(f"Imgur's upload quota is spent; it resets at {when}.")
 
 
@@ -626,7 +629,7 @@ class ImgurClient:
                 self._attempts,
                 "an unknown time" if reset_at is None else _utc(reset_at),
             )
-            return ImgurRateLimited(reset_at)
+            return ImgurRateLimited(reset_at, now=self._clock())
         if over_capacity:
             return _Transient(f"HTTP {status}, over capacity")
         if status in (401, 403) and not _is_imgur_answer(payload):

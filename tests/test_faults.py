@@ -15,6 +15,7 @@ import asyncio
 import os
 import random
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,3 +439,21 @@ async def test_command_line_retries_through_server_errors_and_records_the_upload
         image.deletehash,
     )
     assert out.strip() == f"https://i.imgur.com/{image.id}.png"
+
+
+async def test_command_line_dates_a_quota_that_refills_on_another_day(
+    imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    # The daily budget is spent after one upload, and Imgur sends no reset for it: the bot
+    # reckons a day from the first spending seen, so "until about 04:40" would read as today.
+    imgur.client_remaining = 10
+    paths = pngs(tmp_path, 2, seed=97)
+    started = time.time()
+
+    code, out, err = await upload(cli_env(imgur, tmp_path), tmp_path, *paths)
+
+    assert code == 1
+    assert len(out.split()) == 1
+    tomorrow = time.strftime("%Y-%m-%d", time.localtime(started + 86400))
+    assert f"quota is spent until about {tomorrow} " in err, err
+    assert imgur.upload_calls == 1

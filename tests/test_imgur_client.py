@@ -1449,3 +1449,17 @@ async def test_a_403_page_that_is_not_imgurs_answer_does_not_blame_the_client_id
         "it may be blocked from this network."
     )
     assert sleeps.delays == []
+
+
+async def test_a_reset_on_another_day_is_reported_with_its_date(
+    make_client: Callable[..., ImgurClient],
+    mocked: aioresponses,
+    write_body: Callable[..., FileBody],
+) -> None:
+    # NOW is 08:00 UTC; the wait in the message ends at 07:00 UTC the next day.
+    mocked.post(f"{API}/3/image", status=429, payload=error_body("Please wait 23 more hours", 429))
+
+    with pytest.raises(ImgurRateLimited) as caught:
+        await make_client().upload(write_body(samples.png()))
+
+    assert str(caught.value) == "Imgur's upload quota is spent; it resets at 2027-01-16 07:00 UTC."
