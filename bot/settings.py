@@ -216,7 +216,14 @@ def load_settings(
     """
     values: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
-        values.update({k: v for k, v in dotenv_values(env_file).items() if v is not None})
+        try:
+            found = dotenv_values(env_file, encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SettingsError(
+                f"{env_file} cannot be read as UTF-8 text; save it as plain UTF-8 "
+                "(see .env.example)."
+            ) from exc
+        values.update({k: v for k, v in found.items() if v is not None})
     values.update(os.environ if environ is None else environ)
 
     parsed: dict[str, object] = {}

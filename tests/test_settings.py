@@ -166,3 +166,15 @@ def test_a_database_path_may_be_new_empty_or_a_ledger(tmp_path: Path) -> None:
 
     for path in (tmp_path / "new" / "ledger.sqlite3", empty, ledger):
         assert load(DATABASE_PATH=str(path)).database_path == path  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("content", [b"\xff\xfeI\x00M\x00", b"IMGUR_CLIENT_ID=caf\xe9\n"])
+def test_an_env_file_that_is_not_utf8_is_named_not_a_traceback(
+    tmp_path: Path, content: bytes
+) -> None:
+    # A .env saved as UTF-16 or Latin-1 by an editor made python-dotenv raise UnicodeDecodeError.
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(content)
+
+    with pytest.raises(SettingsError, match=r"\.env cannot be read as UTF-8 text"):
+        load_settings({}, env_file=env_file)
