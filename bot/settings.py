@@ -154,6 +154,8 @@ SQLITE_HEADER = b"SQLite format 3\x00"
 
 def _database_path(name: str, raw: str) -> Path:
     """The ledger's file: absent (it is created), or a SQLite database; never a folder."""
+    if not raw.isprintable():
+        raise SettingsError(f"{name} holds control characters: {raw!r}.")
     path = Path(raw)
     try:
         if path.is_dir():

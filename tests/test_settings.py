@@ -158,6 +158,11 @@ def test_a_database_path_naming_some_other_file_is_refused(tmp_path: Path) -> No
         load(DATABASE_PATH=str(other))
 
 
+def test_a_database_path_with_control_characters_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="DATABASE_PATH holds control characters"):
+        load(DATABASE_PATH=str(tmp_path / "led\x00ger.sqlite3"))
+
+
 def test_a_database_path_may_be_new_empty_or_a_ledger(tmp_path: Path) -> None:
     empty = tmp_path / "empty.sqlite3"
     empty.touch()
