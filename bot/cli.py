@@ -108,6 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_dispatch(command, args, settings))
     except KeyboardInterrupt:
+        if quiet or command not in {"run", "serve"}:
+            print("error: interrupted before it finished.", file=sys.stderr)
         return FAILED
     except RehostError as exc:
         print(f"error: {exc.user_message}", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 import asyncio
 import os
+import signal
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -231,3 +232,26 @@ async def test_a_failure_logged_with_a_traceback_shows_only_its_line(
     assert result.code == 1
     assert "Traceback" not in result.err
     assert result.err.strip().splitlines()[-1] == "error: The upload records could not be opened."
+
+
+async def test_an_interrupted_command_says_so_in_one_line(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    imgur.fail_next("slow", path="/3/credits", delay=30)
+    # A job started in the background of a shell inherits SIGINT ignored; a terminal's is not.
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "check",
+        cwd=tmp_path, env=cli_env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
+    async with asyncio.timeout(30):
+        while not imgur.requests:  # the stand-in tells waiters only once it has answered
+            await asyncio.sleep(0.05)
+
+    process.send_signal(signal.SIGINT)
+    out, err = await asyncio.wait_for(process.communicate(), timeout=20)
+
+    assert process.returncode == 1
+    assert err.decode() == "error: interrupted before it finished.\n"
+    assert out == b""
