@@ -22,7 +22,7 @@ from bot.ledger import Origin
 from bot.logs import setup_logging
 from bot.services import Services, open_services
 from bot.settings import Settings, SettingsError, load_settings
-from bot.sources import FileSource, ProgressCallback
+from bot.sources import FileSource
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +184,18 @@ async def _upload_each(
             for skipped in paths[index:]:
                 print(f"error: {_shown(skipped)}: {held_back}", file=sys.stderr)
             return FAILED
+        progress = _progress_printer(path.name)
         try:
-            rehost = await services.pipeline.rehost(
-                FileSource(path), origin, on_progress=_progress_printer(path.name)
-            )
+            rehost = await services.pipeline.rehost(FileSource(path), origin, on_progress=progress)
         except RehostError as exc:
-            print(f"error: {_shown(path)}: {exc.user_message}", file=sys.stderr)
+            failure: str | None = exc.user_message
+        else:
+            failure = None
+        finally:
+            if progress is not None:
+                progress.clear()
+        if failure is not None:
+            print(f"error: {_shown(path)}: {failure}", file=sys.stderr)
             status = FAILED
             continue
         print(rehost.upload.link, flush=True)
@@ -250,18 +256,32 @@ async def _check(services: Services) -> int:
     return OK
 
 
-def _progress_printer(name: str) -> ProgressCallback | None:
-    """Progress on stderr for files over 5 MB, when stderr is a terminal."""
-    if not sys.stderr.isatty():
-        return None
-    last = [0.0]
+class _Progress:
+    """Progress on stderr for files over 5 MB: one terminal line, rewritten, then cleared."""
 
-    def show(stage: str, done: int, total: int | None) -> None:
+    def __init__(self, name: str) -> None:
+        self._name = _shown(name)
+        self._last = 0.0
+        self._shown = False
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
         now = time.monotonic()
-        if done < 5_000_000 or now - last[0] < 0.2:
+        finished = total is not None and done >= total
+        if done < 5_000_000 or (now - self._last < 0.2 and not finished):
             return
-        last[0] = now
+        self._last = now
+        self._shown = True
         share = f" {done * 100 // total:3d}%" if total else ""
-        print(f"\r{stage} {name}:{share} {done / 1e6:.1f} MB", end="", file=sys.stderr)
+        line = f"\r{stage} {self._name}:{share} {done / 1e6:.1f} MB\x1b[K"
+        print(line, end="", file=sys.stderr, flush=True)
 
-    return show
+    def clear(self) -> None:
+        """Wipe the progress line, so the link or the error does not land at its end."""
+        if self._shown:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+            self._shown = False
+
+
+def _progress_printer(name: str) -> _Progress | None:
+    """A progress line for ``name``, when stderr is a terminal."""
+    return _Progress(name) if sys.stderr.isatty() else None

@@ -2,6 +2,8 @@
 
 import asyncio
 import os
+import pty
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -255,3 +257,47 @@ async def test_an_interrupted_command_says_so_in_one_line(
     assert process.returncode == 1
     assert err.decode() == "error: interrupted before it finished.\n"
     assert out == b""
+
+
+def _drain(fd: int) -> bytes:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:  # EIO: the other end of the terminal is closed
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(fd)
+    return b"".join(chunks)
+
+
+@pytest.mark.parametrize("refused", [False, True])
+async def test_progress_on_a_terminal_is_wiped_before_the_outcome(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path, refused: bool
+) -> None:
+    # The progress line is redrawn with "\r" and no newline: unless wiped, the error line (or
+    # the shell prompt) is written onto its end.
+    if refused:
+        imgur.fail_next("reject", path="/3/image")
+    path = tmp_path / "big.png"
+    path.write_bytes(samples.big_png(6_000_000, seed=7))
+    terminal, stderr = pty.openpty()
+
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot", "upload", str(path),
+        cwd=tmp_path, env=cli_env, stdout=asyncio.subprocess.PIPE, stderr=stderr,
+    )  # fmt: skip
+    os.close(stderr)
+    out, _ = await asyncio.wait_for(process.communicate(), timeout=60)
+    shown = (await asyncio.to_thread(_drain, terminal)).decode()
+
+    assert "upload big.png: 100% 6.0 MB" in shown
+    if refused:
+        assert process.returncode == 1
+        assert re.search(r"MB\x1b\[K\r\x1b\[Kerror: .*big\.png: Imgur refused", shown), shown
+    else:
+        assert process.returncode == 0
+        assert shown.endswith("\r\x1b[K"), repr(shown[-40:])
+        assert out.decode().startswith("https://i.imgur.com/")
