@@ -983,7 +983,9 @@ def _not_found_message(request: _Request) -> str:
         return "Imgur has no such album; it may have been deleted already."
     if request.deletehash is not None:
         return "Imgur has no such image; it may have been deleted already."
-    return "Imgur does not know what was asked for."
+    # No image or album was named, so the API route itself is missing: most often a proxy
+    # address, or an IMGUR_API_URL with a path such as /3 that every route then repeats.
+    return "Imgur has no such API route (HTTP 404); check IMGUR_API_URL."
 
 
 def _safe_filename(filename: str) -> str:

@@ -301,3 +301,15 @@ async def test_progress_on_a_terminal_is_wiped_before_the_outcome(
         assert process.returncode == 0
         assert shown.endswith("\r\x1b[K"), repr(shown[-40:])
         assert out.decode().startswith("https://i.imgur.com/")
+
+
+async def test_an_api_address_with_a_wrong_path_is_pointed_at(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    env = {**cli_env, "IMGUR_API_URL": imgur.url + "/3"}  # every route becomes /3/3/...
+
+    result = await run(env, "upload", str(png_file(tmp_path)), cwd=tmp_path)
+
+    assert result.code == 1
+    assert result.err.endswith("Imgur has no such API route (HTTP 404); check IMGUR_API_URL.\n")
+    assert len(result.err.splitlines()) == 1
