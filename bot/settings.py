@@ -128,8 +128,11 @@ def _megabytes(name: str, raw: str) -> int:
 
 
 def _url(name: str, raw: str) -> str:
-    value = raw.strip().rstrip("/")
-    schemes = ("ws://", "wss://") if name == "DISCORD_GATEWAY_URL" else ("http://", "https://")
+    gateway = name == "DISCORD_GATEWAY_URL"
+    # REST routes are joined onto the base, so its trailing slash goes; a gateway address is
+    # connected to as it is, and a proxy may serve exactly ``/gateway/``.
+    value = raw.strip() if gateway else raw.strip().rstrip("/")
+    schemes = ("ws://", "wss://") if gateway else ("http://", "https://")
     if not value.startswith(schemes):
         raise SettingsError(f"{name} must start with {' or '.join(schemes)}, not {raw!r}.")
     try:

@@ -237,6 +237,15 @@ def test_discord_endpoints_follow_the_settings() -> None:
     assert gateway == yarl.URL("ws://127.0.0.1:9/")
 
 
+@pytest.mark.usefixtures("restore_endpoints")
+def test_a_gateway_path_reaches_discord_py_as_configured() -> None:
+    settings = Settings(imgur_client_id="x", discord_gateway_url="ws://127.0.0.1:9/gateway/")
+
+    point_at_discord(settings)
+
+    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == yarl.URL("ws://127.0.0.1:9/gateway/")
+
+
 # --- shutting down ------------------------------------------------------------------------
 
 

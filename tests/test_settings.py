@@ -74,6 +74,20 @@ def test_values_are_parsed() -> None:
     assert settings.quota_reserve == 0
 
 
+def test_a_gateway_address_is_kept_as_given_while_rest_bases_lose_their_slash() -> None:
+    settings = load_settings(
+        {
+            **BASE,
+            "DISCORD_API_URL": "http://127.0.0.1:9/api/v10/",
+            "DISCORD_GATEWAY_URL": "ws://127.0.0.1:9/gateway/",
+        },
+        env_file=None,
+    )
+
+    assert settings.discord_api_url == "http://127.0.0.1:9/api/v10"
+    assert settings.discord_gateway_url == "ws://127.0.0.1:9/gateway/"
+
+
 def test_env_file_is_read_and_the_environment_wins(tmp_path: Path) -> None:
     env_file = tmp_path / ".env"
     env_file.write_text("IMGUR_CLIENT_ID=from-file\nLOG_LEVEL=WARNING\n")
