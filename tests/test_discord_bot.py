@@ -243,7 +243,8 @@ def test_a_gateway_path_reaches_discord_py_as_configured() -> None:
 
     point_at_discord(settings)
 
-    assert discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY == yarl.URL("ws://127.0.0.1:9/gateway/")
+    gateway = discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    assert gateway == yarl.URL("ws://127.0.0.1:9/gateway/")
 
 
 # --- shutting down ------------------------------------------------------------------------
