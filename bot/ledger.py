@@ -507,11 +507,15 @@ def _open_database(path: Path, busy_timeout: float) -> _Opened:
 
     The reading connection is made here but only ever used on the ledger's reading thread.
     """
+    # The error says all there is to say; it is reported once, by whoever opened the ledger.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        log.exception("cannot create the directory for the ledger at %s", path)
-        raise LedgerError("The upload records could not be opened.") from exc
+        log.debug("cannot create the directory for the ledger at %s", path, exc_info=True)
+        raise LedgerError(
+            f"The upload records could not be opened: the folder {path.parent} cannot be "
+            f"created ({exc.strerror or exc}); check DATABASE_PATH."
+        ) from exc
 
     # isolation_level=None: no implicit transactions; every write opens its own.
     # timeout is SQLite's busy_timeout: how long a statement waits for another process's
@@ -520,8 +524,10 @@ def _open_database(path: Path, busy_timeout: float) -> _Opened:
     try:
         db = sqlite3.connect(path, isolation_level=None, timeout=busy_timeout)
     except sqlite3.Error as exc:
-        log.exception("cannot open the ledger at %s", path)
-        raise LedgerError("The upload records could not be opened.") from exc
+        log.debug("cannot open the ledger at %s", path, exc_info=True)
+        raise LedgerError(
+            f"The upload records could not be opened at {path} ({exc}); check DATABASE_PATH."
+        ) from exc
 
     try:
         db.row_factory = sqlite3.Row

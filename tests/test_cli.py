@@ -222,18 +222,18 @@ async def test_a_malformed_setting_exits_2_with_one_line_naming_it(
     assert imgur.upload_calls == 0
 
 
-async def test_a_failure_logged_with_a_traceback_shows_only_its_line(
+async def test_a_ledger_that_cannot_be_opened_is_one_line_naming_the_setting(
     cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
 ) -> None:
-    # The ledger logs why it cannot open (with the traceback, for the bot's log); a one-shot
-    # command keeps the line and the error, not the traceback.
     unreachable = "/proc/no-such-process/ledger.sqlite3"
 
     result = await run({**cli_env, "DATABASE_PATH": unreachable}, "history", cwd=tmp_path)
 
     assert result.code == 1
-    assert "Traceback" not in result.err
-    assert result.err.strip().splitlines()[-1] == "error: The upload records could not be opened."
+    assert result.err.strip().splitlines() == [
+        "error: The upload records could not be opened: the folder /proc/no-such-process "
+        "cannot be created (No such file or directory); check DATABASE_PATH."
+    ]
 
 
 async def test_an_interrupted_command_says_so_in_one_line(
