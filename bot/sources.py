@@ -82,13 +82,13 @@ class FileSource:
         try:
             handle = await asyncio.to_thread(_open_without_waiting, self.path)
         except OSError as exc:
-            raise SourceError(f"Cannot read {self.path}: {exc.strerror}.") from exc
+            raise SourceError(f"Cannot read the file: {exc.strerror}.") from exc
         try:
             while True:
                 try:
                     chunk = await asyncio.to_thread(handle.read, BATCH)
                 except OSError as exc:
-                    raise SourceError(f"Cannot read {self.path}: {exc.strerror}.") from exc
+                    raise SourceError(f"Cannot read the file: {exc.strerror}.") from exc
                 if not chunk:
                     break
                 yield chunk
