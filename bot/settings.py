@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +58,22 @@ class Settings:
         return self.discord_token
 
 
-def _text(name: str, raw: str) -> str:
-    return raw
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*"
+)
+
+
+def _host(name: str, raw: str) -> str:
+    """An address to listen on: an IP address or a host name."""
+    value = raw.strip()
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        if not _HOST_NAME.fullmatch(value):
+            raise SettingsError(
+                f"{name} must be an IP address or a host name (such as 127.0.0.1), not {raw!r}."
+            ) from None
+    return value
 
 
 def _secret(name: str, raw: str) -> str:
@@ -205,7 +221,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
     "QUEUE_LIMIT": ("queue_limit", _positive_int),
     "MEMBER_COOLDOWN_SECONDS": ("member_cooldown", _seconds),
     "QUOTA_RESERVE": ("quota_reserve", _non_negative_int),
-    "HTTP_HOST": ("http_host", _text),
+    "HTTP_HOST": ("http_host", _host),
     "HTTP_PORT": ("http_port", _port),
     "HTTP_TOKEN": ("http_token", _secret),
 }

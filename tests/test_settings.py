@@ -47,6 +47,8 @@ def test_missing_discord_token_is_reported_only_when_the_bot_runs() -> None:
         ("LOG_LEVEL", "LOUD", "LOG_LEVEL must be DEBUG"),
         ("HTTP_PORT", "70000", "HTTP_PORT must be a port number"),
         ("HTTP_PORT", "8080", "HTTP_PORT and HTTP_TOKEN go together"),
+        ("HTTP_HOST", "http://0.0.0.0", "HTTP_HOST must be an IP address or a host name"),
+        ("HTTP_HOST", "bad host", "HTTP_HOST must be an IP address or a host name"),
     ],
 )
 def test_malformed_setting_is_named(name: str, value: str, message: str) -> None:
@@ -197,3 +199,8 @@ def test_an_env_file_that_is_not_utf8_is_named_not_a_traceback(
 
     with pytest.raises(SettingsError, match=r"\.env cannot be read as UTF-8 text"):
         load_settings({}, env_file=env_file)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "bot.lan"])
+def test_an_address_to_listen_on_is_accepted(host: str) -> None:
+    assert load_settings({**BASE, "HTTP_HOST": host}, env_file=None).http_host == host
