@@ -27,7 +27,7 @@ import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import astuple, dataclass, field, replace
+from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, BinaryIO, Final, Protocol
 
@@ -694,11 +694,11 @@ class ImgurClient:
             post_remaining=_header_count(headers, "X-Post-Rate-Limit-Remaining"),
             post_reset=None if post_wait is None else now + post_wait,
         )
-        if any(value is not None for value in astuple(seen)):
+        if any(value is not None for value in _values(seen)):
             seen = replace(seen, observed_at=now)
             merged = (
                 new if new is not None else old
-                for old, new in zip(astuple(self._quota), astuple(seen), strict=True)
+                for old, new in zip(_values(self._quota), _values(seen), strict=True)
             )
             self._quota = Quota(*merged)
         return seen
@@ -891,6 +891,11 @@ def _multipart(
 
 
 # --- small pure helpers --------------------------------------------------------------------
+
+
+def _values(quota: Quota) -> tuple[Any, ...]:
+    """The fields in order; ``dataclasses.astuple`` would deep-copy them on every answer."""
+    return tuple(getattr(quota, f.name) for f in fields(quota))
 
 
 async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
