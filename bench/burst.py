@@ -151,31 +151,24 @@ async def bare_loop(url: str, posted: list[tuple[int, int, int, bytes]]) -> floa
 
 
 def count_ledger_round_trips() -> dict[str, float]:
-    """Count the jobs the ledger hands to its SQLite threads, and time them there."""
+    """Count the jobs the ledger hands to its SQLite thread, and time them there."""
     from bot.ledger import Ledger
 
     counted = {"round_trips": 0.0, "busy": 0.0}
-    submit_write, read = Ledger._submit, Ledger._read
+    original = Ledger._submit
 
-    def timed(job: Any) -> Any:
-        def run(*args: Any) -> Any:
+    def submit(self: Any, job: Any) -> Any:
+        def timed() -> Any:
             started = time.perf_counter()
             try:
-                return job(*args)
+                return job()
             finally:
                 counted["busy"] += time.perf_counter() - started
 
         counted["round_trips"] += 1
-        return run
-
-    def submit(self: Any, job: Any) -> Any:
-        return submit_write(self, timed(job))
-
-    async def timed_read(self: Any, what: str, work: Any) -> Any:
-        return await read(self, what, timed(work))
+        return original(self, timed)
 
     Ledger._submit = submit  # type: ignore[method-assign]
-    Ledger._read = timed_read  # type: ignore[method-assign]
     return counted
 
 

@@ -219,11 +219,10 @@ def burst_lines(burst: dict[str, Any]) -> list[str]:
         "backlog (first-come-first-served would start guild 10's first upload 181st). "
         "Default settings: 4 workers, queue of 200, 2 s member cooldown; each guild posts "
         "two messages of ten attachments, one per member. The ledger made "
-        f"{burst['ledger_round_trips']} round trips to its SQLite threads "
-        f"({burst['ledger_round_trips'] / 200:.1f} per upload: reads on one thread, writes "
-        "on the other, committed together where they wait together, each commit with an "
-        f"fsync), and its threads were busy with them for {burst['ledger_busy']:.2f} s "
-        f"in all during the {burst['total']:.2f} s.",
+        f"{burst['ledger_round_trips']} round trips to its SQLite thread "
+        f"({burst['ledger_round_trips'] / 200:.1f} per upload; writes that wait together "
+        "share one commit, each commit with an fsync), and the thread was busy with them "
+        f"for {burst['ledger_busy']:.2f} s of the {burst['total']:.2f} s.",
     ]
 
 

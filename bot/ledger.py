@@ -8,10 +8,9 @@ that nobody can delete any more, so the rules here are strict:
 - every write is committed (``synchronous = FULL``: on disk) before its caller hears back, and
   is shielded from the caller's cancellation, so a Discord interaction that times out cannot
   cut a record in half;
-- one connection on one thread for writes: each call is one function run there, inside its
-  own savepoint of a ``BEGIN IMMEDIATE`` transaction; reads run on a second, read-only
-  connection and thread, so they never wait behind a commit's fsync and never see unfinished
-  work (WAL readers see the last commit);
+- one connection on one thread: each call is one function run there, a write inside its own
+  savepoint of a ``BEGIN IMMEDIATE`` transaction, so a read never sees unfinished work, and a
+  read sees every write handed over before it (a reply recorded, then looked up);
 - every value is a bound parameter; the SQL text is only ever built from fixed fragments.
 
 Writes that wait at the same moment share one transaction, and so one fsync (group commit):
@@ -499,14 +498,8 @@ def _settings_in(db: sqlite3.Connection, guild_id: int) -> GuildSettings:
 # --- opening: on the database thread --------------------------------------------------------
 
 
-_Opened = tuple[sqlite3.Connection, sqlite3.Connection, int]
-
-
-def _open_database(path: Path, busy_timeout: float) -> _Opened:
-    """Connect, set up and migrate: the writing and the reading connection, and the version.
-
-    The reading connection is made here but only ever used on the ledger's reading thread.
-    """
+def _open_database(path: Path, busy_timeout: float) -> tuple[sqlite3.Connection, int]:
+    """Connect, set the connection up and migrate; the connection and its schema version."""
     # The error says all there is to say; it is reported once, by whoever opened the ledger.
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -532,11 +525,10 @@ def _open_database(path: Path, busy_timeout: float) -> _Opened:
     try:
         db.row_factory = sqlite3.Row
         version = _prepare(db, path)
-        reader = _open_reader(path, busy_timeout)
     except BaseException:
         db.close()
         raise
-    return db, reader, version
+    return db, version
 
 
 def _prepare(db: sqlite3.Connection, path: Path) -> int:
@@ -598,31 +590,12 @@ def _migrate(db: sqlite3.Connection, path: Path, target: int) -> None:
     log.info("ledger at %s migrated to schema version %d", path, target)
 
 
-def _open_reader(path: Path, busy_timeout: float) -> sqlite3.Connection:
-    """The read-only connection, opened once the writer has created and migrated the file."""
-    try:
-        db = sqlite3.connect(
-            path, isolation_level=None, timeout=busy_timeout, check_same_thread=False
-        )
-    except sqlite3.Error as exc:
-        log.exception("cannot open the ledger at %s for reading", path)
-        raise LedgerError("The upload records could not be opened.") from exc
-    try:
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA query_only = ON")
-    except sqlite3.Error as exc:
-        db.close()
-        log.exception("cannot prepare the ledger at %s for reading", path)
-        raise LedgerError("The upload records could not be opened.") from exc
-    return db
-
-
-def _close_abandoned(executor: ThreadPoolExecutor, opening: asyncio.Future[_Opened]) -> None:
-    """Close what an opening left behind: its thread, and its connections if it got them."""
+def _close_abandoned(
+    executor: ThreadPoolExecutor, opening: asyncio.Future[tuple[sqlite3.Connection, int]]
+) -> None:
+    """Close what an opening left behind: its thread, and its connection if it got one."""
     if not opening.cancelled() and opening.exception() is None:
-        db, reader, _version = opening.result()
-        executor.submit(reader.close)
-        executor.submit(db.close)
+        executor.submit(opening.result()[0].close)
     executor.shutdown(wait=False)
 
 
@@ -665,17 +638,12 @@ class Ledger:
         executor: ThreadPoolExecutor,
         path: Path,
         *,
-        reader: sqlite3.Connection,
-        read_executor: ThreadPoolExecutor,
         clock: Callable[[], float],
         schema_version: int,
     ) -> None:
         # The connection belongs to the executor's one thread: it is only touched there.
         self._db = db
         self._executor = executor
-        # The same for the read-only connection and its thread.
-        self._reader = reader
-        self._read_executor = read_executor
         self._path = path
         self._clock = clock
         self._schema_version = schema_version
@@ -709,23 +677,14 @@ class Ledger:
             executor, _open_database, path, busy_timeout
         )
         try:
-            db, reader, version = await asyncio.shield(opening)
+            db, version = await asyncio.shield(opening)
         except BaseException:
             # Failed, or cancelled while the thread carries on: close whatever it opens.
             opening.add_done_callback(partial(_close_abandoned, executor))
             raise
 
-        read_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-read")
         log.info("ledger open at %s (schema version %d)", path, version)
-        return cls(
-            db,
-            executor,
-            path,
-            reader=reader,
-            read_executor=read_executor,
-            clock=clock,
-            schema_version=version,
-        )
+        return cls(db, executor, path, clock=clock, schema_version=version)
 
     async def close(self) -> None:
         """Let writes in flight finish, then close the connection. Safe to call twice."""
@@ -735,9 +694,7 @@ class Ledger:
 
         if self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
-        # Everything handed to a thread before this runs before it.
-        await asyncio.wrap_future(self._read_executor.submit(self._reader.close))
-        self._read_executor.shutdown(wait=False)
+        # Everything handed to the thread before this runs before it.
         await asyncio.wrap_future(self._submit(self._db.close))
         self._executor.shutdown(wait=False)
         log.info("ledger at %s closed", self._path)
@@ -783,7 +740,7 @@ class Ledger:
     async def _read(self, what: str, work: Callable[[sqlite3.Connection], T]) -> T:
         self._ensure_open()
         try:
-            return await asyncio.wrap_future(self._read_executor.submit(work, self._reader))
+            return await asyncio.wrap_future(self._submit(partial(work, self._db)))
         except (sqlite3.Error, OverflowError) as exc:
             log.exception("ledger: %s failed", what)
             raise LedgerError(READ_FAILED) from exc
