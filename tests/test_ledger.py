@@ -998,6 +998,22 @@ async def writes_held_back(ledger: Ledger) -> AsyncIterator[None]:
     await asyncio.wrap_future(held)
 
 
+async def test_a_read_sees_every_write_handed_over_before_it(ledger: Ledger) -> None:
+    # Auto-rehost records its reply, and a moderator's deletion then looks the reply up: the
+    # lookup must not overtake the write, even while both wait for the database.
+    rehost = await upload(ledger, 1)
+    async with writes_held_back(ledger):
+        recording = asyncio.create_task(ledger.set_reply([rehost.id], channel_id=5, message_id=6))
+        await asyncio.sleep(0)  # the write is handed over
+        looking_up = asyncio.create_task(ledger.get_rehost(rehost.id))
+        await asyncio.sleep(0)
+
+    await recording
+    found = await looking_up
+    assert found is not None
+    assert (found.reply_channel_id, found.reply_message_id) == (5, 6)
+
+
 async def test_writes_waiting_together_share_one_commit(tmp_path: Path) -> None:
     path = tmp_path / "ledger.sqlite3"
     async with await Ledger.open(path) as ledger:
