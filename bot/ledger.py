@@ -1150,12 +1150,13 @@ class Ledger:
         return await self._read("search rehosts", work)
 
     async def count_uploads_since(self, since: float) -> int:
-        """Uploads sent to Imgur (pending, done or deleted; not failed, not reuses) since then."""
+        """Uploads Imgur took (done or since deleted; not pending or failed, not reuses)."""
 
         def work(db: sqlite3.Connection) -> int:
             row = _fetchone(
                 db,
-                "SELECT count(*) FROM uploads WHERE created_at >= ? AND state != 'failed'",
+                "SELECT count(*) FROM uploads "
+                "WHERE created_at >= ? AND state IN ('done', 'deleted')",
                 (since,),
             )
             assert row is not None

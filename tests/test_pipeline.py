@@ -67,7 +67,8 @@ async def test_an_overlong_title_is_refused_before_anything_is_uploaded(
         await services.pipeline.rehost(source(samples.png(seed=41)), Origin("cli", title="t" * 257))
 
     assert imgur.upload_calls == 0
-    assert await services.ledger.count_uploads_since(0) == 0
+    assert await services.ledger.pending_uploads() == []
+    assert await services.ledger.recent_rehosts(limit=5) == []
 
 
 async def test_the_same_bytes_twice_call_imgur_once(
