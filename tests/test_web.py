@@ -389,6 +389,21 @@ async def test_titles_are_kept_on_one_line_and_bounded(
     assert "256 characters" in too_long.body["error"]
 
 
+async def post_by_hand(endpoint: Endpoint, sent: bytes, *, length: int) -> asyncio.StreamWriter:
+    """A multipart upload written on a raw socket, announcing ``length`` bytes of body."""
+    port = int(endpoint.base.rsplit(":", 1)[1])
+    _, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(
+        b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {TOKEN}\r\n".encode()
+        + b"Content-Type: multipart/form-data; boundary=cut\r\n"
+        + f"Content-Length: {length}\r\n\r\n".encode()
+        + sent
+    )
+    await writer.drain()
+    return writer
+
+
 async def test_a_client_that_hangs_up_mid_file_leaves_nothing_behind(
     endpoint: Endpoint,
     imgur: ImgurStandIn,
@@ -402,17 +417,7 @@ async def test_a_client_that_hangs_up_mid_file_leaves_nothing_behind(
     caplog.set_level(logging.INFO, logger="bot.web")
     head = b'--cut\r\nContent-Disposition: form-data; name="file"; filename="clip.mp4"\r\n\r\n'
     sent = head + samples.mp4(3 * MB)[: 2 * MB]
-    port = int(endpoint.base.rsplit(":", 1)[1])
-
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        + f"Authorization: Bearer {TOKEN}\r\n".encode()
-        + b"Content-Type: multipart/form-data; boundary=cut\r\n"
-        + f"Content-Length: {len(head) + 3 * MB + 9}\r\n\r\n".encode()
-        + sent
-    )
-    await writer.drain()
+    writer = await post_by_hand(endpoint, sent, length=len(head) + 3 * MB + 9)
     await eventually(lambda: any(spool.iterdir()), "the upload to be spooled to disk")
     writer.close()
     await writer.wait_closed()
@@ -438,17 +443,7 @@ async def test_a_client_that_hangs_up_while_imgur_works_still_gets_its_upload_re
         + data
         + b"\r\n--cut--\r\n"
     )
-    port = int(endpoint.base.rsplit(":", 1)[1])
-
-    _, writer = await asyncio.open_connection("127.0.0.1", port)
-    writer.write(
-        b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-        + f"Authorization: Bearer {TOKEN}\r\n".encode()
-        + b"Content-Type: multipart/form-data; boundary=cut\r\n"
-        + f"Content-Length: {len(body)}\r\n\r\n".encode()
-        + body
-    )
-    await writer.drain()
+    writer = await post_by_hand(endpoint, body, length=len(body))
     await eventually(lambda: len(imgur.uploads()) == 1, "the upload to reach Imgur")
     writer.close()
     await writer.wait_closed()
