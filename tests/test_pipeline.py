@@ -1,4 +1,5 @@
 import asyncio
+import dataclasses
 import hashlib
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -266,3 +267,33 @@ async def test_the_next_process_alone_with_the_ledger_reconciles(settings: Setti
 
     async with open_services(settings) as restarted:
         assert [origin.door for _, origin in restarted.pipeline.interrupted] == ["cli"]
+
+
+async def test_an_upload_waiting_for_its_turn_is_on_record_and_cancelling_closes_it(
+    settings: Settings, imgur: ImgurStandIn
+) -> None:
+    # A restart must find work that was only waiting; a waiter that gives up leaves no row open.
+    one_worker = dataclasses.replace(settings, upload_workers=1)
+    imgur.fail_next("slow", path="/3/image", delay=1.0)
+    async with open_services(one_worker) as services:
+        first = asyncio.create_task(
+            services.pipeline.rehost(source(samples.png(seed=60)), Origin("cli", requester_id=1))
+        )
+        waiting = asyncio.create_task(
+            services.pipeline.rehost(source(samples.png(seed=61)), Origin("cli", requester_id=2))
+        )
+        async with asyncio.timeout(30):
+            while len(await services.ledger.pending_uploads()) < 2:
+                await asyncio.sleep(0.01)
+        assert services.pipeline.scheduler.waiting == 1
+        assert imgur.upload_calls <= 1
+
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        done = await first
+
+        assert await services.ledger.pending_uploads() == []
+        assert done.upload.state == "done"
+        assert await services.ledger.count_uploads_since(0) == 1
+        assert imgur.upload_calls == 1
