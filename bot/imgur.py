@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import io
 import json
 import logging
 import math
@@ -29,7 +28,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
-from typing import Any, BinaryIO, Final, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
@@ -189,6 +188,14 @@ class Credits:
     client_remaining: int
 
 
+class Reader(Protocol):
+    """What an upload's bytes are read from: an open file, or bytes held in memory."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+    def close(self) -> None: ...
+
+
 class UploadBody(Protocol):
     """A spooled, re-openable file handed over by the pipeline."""
 
@@ -201,7 +208,12 @@ class UploadBody(Protocol):
     @property
     def size(self) -> int: ...
 
-    def open(self) -> BinaryIO:
+    @property
+    def in_memory(self) -> bool:
+        """Whether the bytes are held in memory: opening and reading them never blocks."""
+        ...
+
+    def open(self) -> Reader:
         """A fresh reader at offset 0; called once per attempt; the client closes it."""
         ...
 
@@ -544,13 +556,14 @@ class ImgurClient:
         # aiohttp's own messages can carry the URL, and with it a deletehash.
         hide_cause = request.deletehash is not None
 
-        reader: BinaryIO | None = None
+        reader: Reader | None = None
         part: _FilePart | None = None
         data: aiohttp.FormData | aiohttp.MultipartWriter | None = None
         started = time.perf_counter()
         try:
             if request.body is not None:
-                reader = await asyncio.to_thread(request.body.open)
+                body = request.body
+                reader = body.open() if body.in_memory else await asyncio.to_thread(body.open)
                 data, part = _multipart(request, request.body, reader)
             elif request.fields:
                 data = aiohttp.FormData(list(request.fields))
@@ -787,8 +800,9 @@ class _FilePart(Payload):
 
     def __init__(
         self,
-        reader: BinaryIO,
+        reader: Reader,
         *,
+        in_memory: bool,
         size: int,
         content_type: str,
         on_progress: Callable[[int], None] | None,
@@ -796,6 +810,7 @@ class _FilePart(Payload):
     ) -> None:
         super().__init__(reader, content_type=content_type)
         self._reader = reader
+        self._in_memory = in_memory
         self._stall_timeout = stall_timeout
         self._size = size
         self._length = size
@@ -825,8 +840,8 @@ class _FilePart(Payload):
         while sent < limit:
             try:
                 size = min(CHUNK_SIZE, limit - sent)
-                if isinstance(self._reader, io.BytesIO):
-                    chunk = self._reader.read(size)  # memory: nothing to wait for
+                if self._in_memory:
+                    chunk = self._reader.read(size)  # nothing to wait for
                 else:
                     chunk = await loop.run_in_executor(None, self._reader.read, size)
             except (OSError, ValueError) as exc:
@@ -863,7 +878,7 @@ def _refuse_blind_retry(part: _FilePart | None) -> None:
 
 
 def _multipart(
-    request: _Request, body: UploadBody, reader: BinaryIO
+    request: _Request, body: UploadBody, reader: Reader
 ) -> tuple[aiohttp.MultipartWriter, _FilePart]:
     form = aiohttp.MultipartWriter("form-data")
     for name, value in request.fields:
@@ -873,6 +888,7 @@ def _multipart(
     mime = body.mime if _MIME.fullmatch(body.mime) else "application/octet-stream"
     part = _FilePart(
         reader,
+        in_memory=body.in_memory,
         size=body.size,
         content_type=mime,
         on_progress=request.on_progress,

@@ -80,6 +80,7 @@ class FileBody:
     mime: str
     size: int = -1
     readers: list[GuardedReader] = field(default_factory=list)
+    in_memory: bool = False  # read in a worker thread, as a file on disk is
 
     def __post_init__(self) -> None:
         if self.size < 0:

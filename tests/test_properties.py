@@ -232,6 +232,7 @@ class _Body:
     filename = "cat.png"
     mime = "image/png"
     size = 10
+    in_memory = False
 
     def open(self) -> Any:
         raise AssertionError("the exchange is replaced; the file is never read")

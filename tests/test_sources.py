@@ -48,6 +48,20 @@ async def test_spool_hashes_and_keeps_a_small_file_in_memory() -> None:
     spooled.close()
 
 
+async def test_a_small_spool_hands_out_the_chunks_it_holds_without_copying_them() -> None:
+    data = samples.png(seed=4)
+    chunks = [data[:100], data[100:]]
+    spooled = await sources.spool(StreamSource(stream_of(*chunks), "photo.png"), LIMITS)
+
+    assert spooled.in_memory
+    with spooled.open() as reader, spooled.open() as again:
+        assert reader.read(1024 * 1024) is chunks[0]
+        assert reader.read(1024 * 1024) is chunks[1]
+        assert reader.read(1024 * 1024) == b""
+        assert again.read(40) + again.read(200) + again.read() == data
+    spooled.close()
+
+
 async def test_spool_moves_a_large_file_to_disk_and_removes_it_on_close(tmp_path: Path) -> None:
     data = samples.big_png(3 * 1024 * 1024, seed=1)
     chunks = [data[i : i + 100_000] for i in range(0, len(data), 100_000)]
@@ -55,6 +69,7 @@ async def test_spool_moves_a_large_file_to_disk_and_removes_it_on_close(tmp_path
     spooled = await sources.spool(StreamSource(stream_of(*chunks), "x"), LIMITS, directory=tmp_path)
 
     assert list(tmp_path.iterdir()), "a temporary file should hold the bytes"
+    assert not spooled.in_memory
     with spooled.open() as first, spooled.open() as second:
         assert first.read() == data
         assert second.read(8) == data[:8]
