@@ -10,6 +10,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
@@ -19,6 +20,9 @@ from bot.errors import RehostError
 MB = 1024 * 1024
 IMGUR_STILL_LIMIT = 20 * MB
 IMGUR_VIDEO_LIMIT = 200 * MB
+# More uploads at once than this only buys 429s from Imgur; a longer queue only waits longer
+# than anyone would.
+UPPER_BOUNDS: Final = {"UPLOAD_WORKERS": 32, "QUEUE_LIMIT": 100_000}
 
 
 class SettingsError(RehostError):
@@ -106,6 +110,9 @@ def _positive_int(name: str, raw: str) -> int:
         raise SettingsError(f"{name} must be a whole number, not {raw!r}.") from None
     if value <= 0:
         raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
+    most = UPPER_BOUNDS.get(name)
+    if most is not None and value > most:
+        raise SettingsError(f"{name} may be at most {most}, not {raw!r}.")
     return value
 
 

@@ -41,6 +41,8 @@ def test_missing_discord_token_is_reported_only_when_the_bot_runs() -> None:
         ("ALLOW_PRIVATE_URLS", "maybe", "ALLOW_PRIVATE_URLS must be true or false"),
         ("UPLOAD_WORKERS", "many", "UPLOAD_WORKERS must be a whole number"),
         ("UPLOAD_WORKERS", "0", "UPLOAD_WORKERS must be greater than zero"),
+        ("UPLOAD_WORKERS", "1000", "UPLOAD_WORKERS may be at most 32"),
+        ("QUEUE_LIMIT", "10000000", "QUEUE_LIMIT may be at most 100000"),
         ("MAX_IMAGE_MB", "50", "MAX_IMAGE_MB may not exceed Imgur's own limit of 20 MB"),
         ("IMGUR_API_URL", "ftp://x", "IMGUR_API_URL must start with http:// or https://"),
         ("DISCORD_GATEWAY_URL", "http://x", "DISCORD_GATEWAY_URL must start with ws://"),
