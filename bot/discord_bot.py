@@ -122,7 +122,9 @@ def explain(
 
     if isinstance(cause, ImgurRateLimited) and cause.reset_at is not None:
         reset = int(cause.reset_at)
-        return f"Imgur's upload quota is spent until <t:{reset}:t> (<t:{reset}:R>); try again then."
+        return (
+            f"Imgur's {cause.quota} is spent until <t:{reset}:t> (<t:{reset}:R>); try again then."
+        )
     if isinstance(cause, RehostError):
         log.info("/%s refused: %s", command, cause.user_message)
         return cause.user_message

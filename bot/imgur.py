@@ -105,18 +105,25 @@ class ImgurAuthError(ImgurError):
 
 
 class ImgurRateLimited(ImgurError):
-    """An Imgur quota is spent; ``reset_at`` is the unix time it refills, or None if unknown."""
+    """An Imgur quota is spent; ``reset_at`` is the unix time it refills, or None if unknown.
 
-    def __init__(self, reset_at: float | None, *, now: float | None = None) -> None:
+    ``quota`` names it for people: the upload quota, or the request quota that a deletion or
+    an album spends.
+    """
+
+    def __init__(
+        self, reset_at: float | None, *, now: float | None = None, quota: str = "upload quota"
+    ) -> None:
         self.reset_at = reset_at
+        self.quota = quota
         if reset_at is None:
-            super().__init__("Imgur's upload quota is spent; try again later.")
+            super().__init__(f"Imgur's {quota} is spent; try again later.")
         else:
             # The daily budget may refill tomorrow: a bare time would read as today's.
             reset = datetime.fromtimestamp(reset_at, UTC)
             today = datetime.fromtimestamp(time.time() if now is None else now, UTC).date()
             when = reset.strftime("%H:%M UTC" if reset.date() == today else "%Y-%m-%d %H:%M UTC")
-            super().__init__(f"Imgur's upload quota is spent; it resets at {when}.")
+            super().__init__(f"Imgur's {quota} is spent; it resets at {when}.")
 
 
 class ImgurUnavailable(ImgurError):
@@ -642,7 +649,8 @@ class ImgurClient:
                 self._attempts,
                 "an unknown time" if reset_at is None else _utc(reset_at),
             )
-            return ImgurRateLimited(reset_at, now=self._clock())
+            quota = "upload quota" if request.subject == "file" else "request quota"
+            return ImgurRateLimited(reset_at, now=self._clock(), quota=quota)
         if over_capacity:
             return _Transient(f"HTTP {status}, over capacity")
         if status in (401, 403) and not _is_imgur_answer(payload):

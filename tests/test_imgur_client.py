@@ -583,6 +583,19 @@ async def test_rate_limit_in_any_shape_reports_when_it_resets(
     )
 
 
+async def test_a_rate_limited_deletion_names_the_request_quota(
+    client: ImgurClient, standin: ImgurStandIn, write_body: Callable[..., FileBody]
+) -> None:
+    image = await client.upload(write_body(samples.png()))
+    standin.fail_next("rate_limited", method="DELETE")
+
+    with pytest.raises(ImgurRateLimited) as caught:
+        await client.delete_image(image.deletehash)
+
+    assert caught.value.quota == "request quota"
+    assert str(caught.value).startswith("Imgur's request quota is spent;")
+
+
 async def test_spent_hourly_credits_reset_at_the_user_reset_epoch(
     make_client: Callable[..., ImgurClient], write_body: Callable[..., FileBody]
 ) -> None:
