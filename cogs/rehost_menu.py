@@ -72,7 +72,7 @@ class RehostMenu(commands.Cog):
             lines += [
                 summarise_failure(display_name(o.item), o.failure) for o in outcomes if o.failure
             ]
-            # Edited, not followed up: the private "thinking…" or progress note becomes the answer.
+            # Edited, not followed up: the private "thinking…" or progress note is the answer.
             await interaction.edit_original_response(content=fit(lines))
 
     async def _source_gone(self, message: discord.Message) -> bool:

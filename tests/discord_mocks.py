@@ -379,7 +379,8 @@ async def invoke(
         if isinstance(command, app_commands.ContextMenu):
             await command.callback(interaction, *args)
         else:
-            await command.callback(command.binding, interaction, *args, **options)  # type: ignore[arg-type]
+            callback: Any = command.callback
+            await callback(command.binding, interaction, *args, **options)
     except app_commands.AppCommandError as error:
         await bot.tree.on_error(interaction, error)
     except Exception as error:

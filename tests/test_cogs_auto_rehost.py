@@ -31,7 +31,8 @@ async def env(tmp_path: Path, web_files: WebFiles) -> AsyncIterator[DiscordEnv]:
 
 async def enable(env: DiscordEnv, channel: object | None = None) -> None:
     target = channel or env.channel
-    await env.ledger.add_auto_channel(env.guild.id, target.id, added_by=1)  # type: ignore[attr-defined]
+    channel_id = target.id  # type: ignore[attr-defined]
+    await env.ledger.add_auto_channel(env.guild.id, channel_id, added_by=1)
 
 
 # --- /imgur-auto ------------------------------------------------------------------------------

@@ -110,7 +110,8 @@ def test_accounting_tells_recorded_deleted_unconfirmed_and_lost_apart() -> None:
             pass
 
         made = Image()
-        made.id, made.deletehash, made.sha256, made.size = image_id, f"dh{image_id}", sha, 10  # type: ignore[attr-defined]
+        made.id, made.sha256, made.size = image_id, sha, 10  # type: ignore[attr-defined]
+        made.deletehash = f"dh{image_id}"  # type: ignore[attr-defined]
         made.deleted = deleted  # type: ignore[attr-defined]
         return made
 

@@ -204,7 +204,10 @@ class Queue:
             job.error = exc
 
     def running(self) -> list[str]:
-        return [n for n, j in self.jobs.items() if j.entered.is_set() and not j.task.done()]  # type: ignore[union-attr]
+        def busy(job: Job) -> bool:
+            return job.entered.is_set() and job.task is not None and not job.task.done()
+
+        return [name for name, job in self.jobs.items() if busy(job)]
 
     async def finish(self, name: str) -> None:
         job = self.jobs[name]

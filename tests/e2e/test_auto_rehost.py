@@ -91,7 +91,9 @@ async def test_several_attachments_get_an_album_and_a_line_each(
     for image in images:
         assert image is not None
         assert sum(link_of(stage.imgur, image) in line for line in lines) == 1
-    (album,) = [a for a in stage.imgur.albums.values() if set(a.image_ids) & {images[0].id}]  # type: ignore[union-attr]
+    first = images[0]
+    assert first is not None
+    (album,) = [a for a in stage.imgur.albums.values() if first.id in a.image_ids]
     assert set(album.image_ids) == {image.id for image in images if image is not None}
     assert lines[0].startswith("Album:")
     assert album.id in lines[0]
