@@ -418,9 +418,6 @@ async def spool(
     if declared is not None:
         media.check_size(declared, limits)
     result = Spool(source.filename, directory)
-    # A source announced as small stays in memory, and hashing it takes about a millisecond
-    # at most: that is done on the event loop, where the thread hops would cost as much.
-    small = declared is not None and declared <= MEMORY_SPOOL_LIMIT
     pending: asyncio.Future[None] | None = None
     # Chunks go to a worker thread as they came, to be hashed and written there: the event
     # loop never copies the bytes (copying megabytes on the loop stalled it for milliseconds).
@@ -449,21 +446,14 @@ async def spool(
             if batched >= BATCH:
                 if pending is not None:
                     await pending
-                    pending = None
-                if small:
-                    result.absorb_all(batch)
-                else:
-                    pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
+                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
                 batch, batched = [], 0
 
         if result.media_type is None:
             _identify(result, head, limits, declared)
         if pending is not None:
             await pending
-        if small:
-            _finish(result, batch)
-        else:
-            await asyncio.to_thread(_finish, result, batch)
+        await asyncio.to_thread(_finish, result, batch)
     except BaseException:
         if pending is not None:
             with contextlib.suppress(BaseException):
