@@ -79,13 +79,18 @@ def _host(name: str, raw: str) -> str:
     return value
 
 
+def _visible_ascii(text: str) -> bool:
+    """No space, control or non-ASCII character: what may travel in a header or a URL."""
+    return all("!" <= char <= "~" for char in text)
+
+
 def _secret(name: str, raw: str) -> str:
     """A client id or token: it travels in an HTTP header, so visible ASCII only.
 
     A stray newline or space (a paste gone wrong) would otherwise surface as aiohttp's
     header-injection error, with a traceback, on the first request. The value is never echoed.
     """
-    if not all("!" <= char <= "~" for char in raw):
+    if not _visible_ascii(raw):
         raise SettingsError(
             f"{name} holds spaces, control or non-ASCII characters; "
             "paste the value again, on one line, without quotes around it."
@@ -102,27 +107,25 @@ def _boolean(name: str, raw: str) -> bool:
     raise SettingsError(f"{name} must be true or false, not {raw!r}.")
 
 
-def _positive_int(name: str, raw: str) -> int:
+def _whole_number(name: str, raw: str, *, least: int, too_small: str) -> int:
     try:
         value = int(raw)
     except ValueError:
         raise SettingsError(f"{name} must be a whole number, not {raw!r}.") from None
-    if value <= 0:
-        raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
+    if value < least:
+        raise SettingsError(f"{name} must {too_small}, not {raw!r}.")
     most = UPPER_BOUNDS.get(name)
     if most is not None and value > most:
         raise SettingsError(f"{name} may be at most {most}, not {raw!r}.")
     return value
 
 
+def _positive_int(name: str, raw: str) -> int:
+    return _whole_number(name, raw, least=1, too_small="be greater than zero")
+
+
 def _non_negative_int(name: str, raw: str) -> int:
-    try:
-        value = int(raw)
-    except ValueError:
-        raise SettingsError(f"{name} must be a whole number, not {raw!r}.") from None
-    if value < 0:
-        raise SettingsError(f"{name} must not be negative, not {raw!r}.")
-    return value
+    return _whole_number(name, raw, least=0, too_small="not be negative")
 
 
 def _seconds(name: str, raw: str) -> float:
@@ -162,7 +165,7 @@ def _url(name: str, raw: str) -> str:
         parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
     except ValueError:
         parts = None
-    if parts is None or not parts.hostname or not all("!" <= c <= "~" for c in value):
+    if parts is None or not parts.hostname or not _visible_ascii(value):
         raise SettingsError(f"{name} must be an address such as {schemes[-1]}host, not {raw!r}.")
     return value
 

@@ -233,7 +233,7 @@ class Fetcher:
         if url.user is not None or url.password is not None:
             raise SourceError("Links with a user name or password cannot be rehosted.")
         if self._hosts is not None and url.host not in self._hosts:
-            raise BlockedAddress("That link leads away from Discord's servers.")
+            raise BlockedAddress("That link leads away from the server that gave it.")
         if self._allow_private:
             return
         try:
