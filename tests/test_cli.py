@@ -1,6 +1,7 @@
 """The command line, run as a real process against the Imgur stand-in."""
 
 import asyncio
+import logging
 import os
 import pty
 import re
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.cli import _NoTraceback
 from tests import samples
 from tests.imgur_standin import ImgurStandIn
 
@@ -313,3 +315,23 @@ async def test_an_api_address_with_a_wrong_path_is_pointed_at(
     assert result.code == 1
     assert result.err.endswith("Imgur has no such API route (HTTP 404); check IMGUR_API_URL.\n")
     assert len(result.err.splitlines()) == 1
+
+
+def test_a_one_shot_commands_log_lines_keep_their_message_and_drop_the_traceback() -> None:
+    # The bot's log keeps tracebacks; a one-shot command's stderr is for the one line that matters.
+    try:
+        raise RuntimeError("the disk is full")
+    except RuntimeError:
+        record = logging.LogRecord(
+            "bot.ledger",
+            logging.ERROR,
+            __file__,
+            1,
+            "ledger: %s failed",
+            ("commit",),
+            sys.exc_info(),
+        )
+
+    assert _NoTraceback().filter(record)
+    line = logging.Formatter("%(levelname)s %(name)s: %(message)s").format(record)
+    assert line == "ERROR bot.ledger: ledger: commit failed"
