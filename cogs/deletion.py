@@ -106,12 +106,20 @@ class Deletion(commands.Cog):
             await retract_replies(self.bot, allowed)
             if deleted:
                 text = f"Deleted `{imgur_id}` from Imgur; its link no longer works."
+            elif await self._gone_meanwhile(imgur_id):
+                # Another deletion (a second /imgur-delete, the source message going) took it
+                # down while this one waited for the upload's lock.
+                text = f"`{imgur_id}` was deleted from Imgur meanwhile; its link no longer works."
             else:
                 text = (
                     f"Removed `{imgur_id}` from this server's uploads. The same image is still "
                     "used elsewhere, so it stays on Imgur."
                 )
             await interaction.followup.send(text, ephemeral=True)
+
+    async def _gone_meanwhile(self, imgur_id: str) -> bool:
+        current = await self.bot.services.ledger.get_upload(imgur_id)
+        return current is not None and current.state == "deleted"
 
     @imgur_delete.autocomplete("upload")
     async def upload_choices(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -144,6 +145,25 @@ async def test_a_deletion_imgur_failed_can_be_finished_later(env: DiscordEnv) ->
     assert not first.startswith("Deleted")
     assert second.startswith(f"Deleted `{imgur_id}`")
     assert env.imgur.images[imgur_id].deleted
+
+
+async def test_two_deletions_at_once_delete_once_and_neither_says_it_stays(
+    env: DiscordEnv,
+) -> None:
+    imgur_id = await upload_as(env, env.member)
+    mod = make_member(env.guild, name="mod")
+    # Imgur answers the first deletion slowly: the second one arrives while it is under way.
+    env.imgur.fail_next("slow", path="/3/image", method="DELETE", delay=0.3)
+
+    texts = await asyncio.gather(
+        delete_as(env, env.member, imgur_id),
+        delete_as(env, mod, imgur_id, env.moderator_permissions),
+    )
+
+    assert env.imgur.images[imgur_id].deleted
+    assert not any("stays on Imgur" in text for text in texts), texts
+    assert sum(text.startswith(f"Deleted `{imgur_id}`") for text in texts) == 1
+    assert all("no longer works" in text for text in texts)
 
 
 async def test_deleting_one_link_of_a_reply_edits_the_reply(env: DiscordEnv) -> None:
