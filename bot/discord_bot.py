@@ -46,6 +46,9 @@ EXTENSIONS: Final = (
 # leaves a copy whose deletehash was never recorded.
 DRAIN_SECONDS: Final = 30.0
 
+# An interaction's token lasts 15 minutes: an answer due later can never be delivered.
+ANSWER_WINDOW: Final = 14 * 60.0
+
 # Set in ``Interaction.extras`` when the answer was deferred (or sent) publicly.
 PUBLIC_ANSWER: Final = "rehost_public_answer"
 
@@ -161,6 +164,17 @@ def guild_of_interaction(interaction: discord.Interaction[Any]) -> int:
     if interaction.guild_id is None:
         raise UsageError("This works only in a server, not in direct messages.")
     return interaction.guild_id
+
+
+def refuse_when_held_back(bot: RehostBot) -> None:
+    """Refuse an upload Imgur's quota would hold back past the interaction's 15 minutes.
+
+    The queue keeps such an upload until the quota refills, perhaps for an hour; by then its
+    answer cannot be sent, so the person is told now when to come back.
+    """
+    resume_at = bot.services.pipeline.scheduler.resume_at
+    if resume_at is not None and resume_at - time.time() > ANSWER_WINDOW:
+        raise ImgurRateLimited(resume_at)
 
 
 async def defer_publicly(interaction: discord.Interaction[Any]) -> None:

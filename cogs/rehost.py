@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, UsageError, defer_publicly
+from bot.discord_bot import RehostBot, UsageError, defer_publicly, refuse_when_held_back
 from bot.ledger import Origin
 from cogs.replies import Progress, link_line, record_reply
 
@@ -38,6 +38,8 @@ class RehostCommand(commands.Cog):
         url = url.strip() if url else None
         if (image is None) == (url is None):
             raise UsageError("Give me an image or a url: one of the two.")
+
+        refuse_when_held_back(self.bot)
 
         pipeline = self.bot.services.pipeline
         if image is not None:

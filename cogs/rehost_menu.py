@@ -8,7 +8,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, UsageError
+from bot.discord_bot import RehostBot, UsageError, refuse_when_held_back
 from cogs.discord_media import (
     display_name,
     media_attachments,
@@ -44,6 +44,7 @@ class RehostMenu(commands.Cog):
         items = media_attachments(message) + media_embeds(message)
         if not items:
             raise UsageError("That message has no image or video I can rehost.")
+        refuse_when_held_back(self.bot)
 
         async with self.bot.working():
             await interaction.response.defer(ephemeral=True, thinking=True)

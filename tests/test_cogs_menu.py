@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -125,6 +126,24 @@ async def test_a_single_failure_is_answered_by_the_error_handler(env: DiscordEnv
 
     assert [(s.how, s.ephemeral) for s in talk.said] == [("edit", True)]
     assert talk.last.text.startswith("That is not an image or video")
+
+
+async def test_while_the_quota_is_spent_the_menu_refuses_at_once_not_queued(
+    tmp_path: Path, web_files: WebFiles
+) -> None:
+    # Imgur's reset is an hour away; an interaction's answer can be sent for 15 minutes only.
+    async with discord_env(tmp_path, web_files, user_limit=5) as env:
+        first, _ = env.interaction()
+        await env.invoke(MENU_NAME, first, env.message(env.attachment(samples.png(seed=1))))
+        second, talk = env.interaction()
+        message = env.message(env.attachment(samples.png(seed=2)))
+
+        await asyncio.wait_for(env.invoke(MENU_NAME, second, message), 5)
+
+        reset = int(env.imgur.user_reset)
+        assert [(s.how, s.ephemeral) for s in talk.said] == [("send_message", True)]
+        assert talk.last.text.startswith(f"Imgur's upload quota is spent until <t:{reset}:t>")
+        assert env.services.pipeline.scheduler.waiting == 0
 
 
 async def test_a_message_deleted_meanwhile_has_its_copies_taken_down(env: DiscordEnv) -> None:

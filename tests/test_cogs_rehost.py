@@ -134,6 +134,25 @@ async def test_a_spent_quota_says_until_when_in_discord_time(
         assert talk.last.text.startswith(f"Imgur's upload quota is spent until <t:{reset}:t>")
 
 
+async def test_while_the_quota_is_spent_a_new_upload_is_refused_at_once_not_queued(
+    tmp_path: Path, web_files: WebFiles
+) -> None:
+    # Imgur's reset is an hour away; an interaction's answer can be sent for 15 minutes only.
+    async with discord_env(tmp_path, web_files, user_limit=5) as env:
+        first, _ = env.interaction()
+        await env.invoke("imgur", first, image=env.attachment(samples.png(seed=1)))
+        second, talk = env.interaction()
+
+        await asyncio.wait_for(
+            env.invoke("imgur", second, image=env.attachment(samples.png(seed=2))), 5
+        )
+
+        reset = int(env.imgur.user_reset)
+        assert [(s.how, s.ephemeral) for s in talk.said] == [("send_message", True)]
+        assert talk.last.text.startswith(f"Imgur's upload quota is spent until <t:{reset}:t>")
+        assert env.services.pipeline.scheduler.waiting == 0
+
+
 async def test_imgur_being_down_is_told_in_one_sentence(env: DiscordEnv) -> None:
     env.imgur.fail_next("server_error", times=2)
     interaction, talk = env.interaction()
