@@ -80,7 +80,14 @@ class RehostMenu(commands.Cog):
         """Whether the message was deleted while its files were on their way; if so, undo."""
         if message.guild is None or message.id not in self.bot.deleted_messages:
             return False
-        return await take_down_copies(self.bot, message.guild.id, [message.id]) > 0
+        guild_id = message.guild.id
+        if not (await self.bot.services.ledger.guild_settings(guild_id)).delete_with_source:
+            return False
+
+        # Copies recorded before the deletion event came were taken down by its listener
+        # already; this takes down those recorded after it.
+        await take_down_copies(self.bot, guild_id, [message.id])
+        return True
 
 
 async def setup(bot: RehostBot) -> None:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
+from unittest.mock import patch
 
 import discord
 import pytest
 
+from bot.ledger import Rehost
 from cogs.rehost_menu import MENU_NAME
 from tests import samples
 from tests.conftest import WebFiles
@@ -157,6 +160,32 @@ async def test_a_message_deleted_meanwhile_has_its_copies_taken_down(env: Discor
     assert stored.deleted
     assert "deleted meanwhile" in talk.last.text
     assert await env.ledger.rehosts_for_messages([message.id]) == []
+
+
+async def test_a_message_deleted_after_its_copy_was_recorded_gets_no_dead_link(
+    env: DiscordEnv,
+) -> None:
+    message = env.message(env.attachment(samples.png(seed=8)))
+    deleted = discord.RawMessageDeleteEvent(
+        {"id": str(message.id), "channel_id": str(env.channel.id), "guild_id": str(env.guild.id)}
+    )
+    rehost = env.services.pipeline.rehost
+
+    async def rehost_then_source_deleted(*args: Any, **kwargs: Any) -> Rehost:
+        # The deletion event comes once the copy is on record, before the menu answers: the
+        # deletion listener takes the copy down itself.
+        done = await rehost(*args, **kwargs)
+        await env.event("raw_message_delete", deleted)
+        return done
+
+    interaction, talk = env.interaction()
+    with patch.object(env.services.pipeline, "rehost", side_effect=rehost_then_source_deleted):
+        await env.invoke(MENU_NAME, interaction, message)
+
+    (stored,) = env.imgur.images.values()
+    assert stored.deleted
+    assert "deleted meanwhile" in talk.last.text
+    assert stored.id not in talk.last.text
 
 
 async def test_the_menu_works_in_direct_messages(env: DiscordEnv) -> None:
