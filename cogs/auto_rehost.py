@@ -145,7 +145,9 @@ class AutoRehost(commands.Cog):
 
     @commands.Cog.listener()
     async def on_message(self, message: discord.Message) -> None:
-        if self.bot.closing:
+        # Without the Message Content intent auto-rehost is off (as the owner was told), even
+        # for the few messages that still carry their files: those that mention the bot.
+        if self.bot.closing or not self.bot.reads_message_content:
             return
         try:
             await rehost_posted(self.bot, message)

@@ -112,6 +112,20 @@ async def test_adding_without_the_content_intent_says_where_to_switch_it_on(
         assert "Message Content Intent" in talk.last.text
 
 
+async def test_without_the_content_intent_auto_rehost_stays_off_even_when_files_arrive(
+    tmp_path: Path, web_files: WebFiles
+) -> None:
+    async with discord_env(tmp_path, web_files, message_content=False) as env:
+        await enable(env)
+        # Without the intent a message still carries its files when it mentions the bot.
+        message = env.message(env.attachment(samples.png()), content="<@1> look")
+
+        await env.event("message", message)
+
+        assert env.imgur.images == {}
+        assert env.channels.live() == []
+
+
 async def test_a_deleted_channel_is_forgotten(env: DiscordEnv) -> None:
     await enable(env)
 
