@@ -23,6 +23,8 @@ IMGUR_VIDEO_LIMIT = 200 * MB
 # More uploads at once than this only buys 429s from Imgur; a longer queue only waits longer
 # than anyone would.
 UPPER_BOUNDS: Final = {"UPLOAD_WORKERS": 32, "QUEUE_LIMIT": 100_000}
+# What Imgur itself takes; a larger limit would only let files through for Imgur to refuse.
+SIZE_CEILINGS: Final = {"MAX_IMAGE_MB": IMGUR_STILL_LIMIT, "MAX_VIDEO_MB": IMGUR_VIDEO_LIMIT}
 
 
 class SettingsError(RehostError):
@@ -147,6 +149,10 @@ def _megabytes(name: str, raw: str) -> int:
         raise SettingsError(f"{name} must be a size in megabytes, not {raw!r}.") from None
     if not math.isfinite(value):
         raise SettingsError(f"{name} must be a finite size in megabytes, not {raw!r}.")
+    # Compared before int(): a finite value such as 1e308 overflows to infinity in bytes.
+    ceiling = SIZE_CEILINGS[name]
+    if value * MB > ceiling:
+        raise SettingsError(f"{name} may not exceed Imgur's own limit of {ceiling // MB} MB.")
     if int(value * MB) <= 0:
         raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
     return int(value * MB)
@@ -268,13 +274,6 @@ def load_settings(
             "https://api.imgur.com/oauth2/addclient and put its client id in .env "
             "(see .env.example)."
         )
-    for attribute, name, ceiling in (
-        ("max_image_bytes", "MAX_IMAGE_MB", IMGUR_STILL_LIMIT),
-        ("max_video_bytes", "MAX_VIDEO_MB", IMGUR_VIDEO_LIMIT),
-    ):
-        value = parsed.get(attribute)
-        if isinstance(value, int) and value > ceiling:
-            raise SettingsError(f"{name} may not exceed Imgur's own limit of {ceiling // MB} MB.")
     if ("http_port" in parsed) != ("http_token" in parsed):
         raise SettingsError("HTTP_PORT and HTTP_TOKEN go together: set both, or neither.")
 

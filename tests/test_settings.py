@@ -120,6 +120,8 @@ def test_secrets_stay_out_of_repr() -> None:
         ("MAX_IMAGE_MB", "nan", "MAX_IMAGE_MB must be a finite size"),
         ("MAX_IMAGE_MB", "inf", "MAX_IMAGE_MB must be a finite size"),
         ("MAX_VIDEO_MB", "1e400", "MAX_VIDEO_MB must be a finite size"),
+        ("MAX_IMAGE_MB", "1e308", "MAX_IMAGE_MB may not exceed Imgur's own limit"),
+        ("MAX_VIDEO_MB", "9" * 300, "MAX_VIDEO_MB may not exceed Imgur's own limit"),
         ("MAX_IMAGE_MB", "1e-9", "MAX_IMAGE_MB must be greater than zero"),
         ("MEMBER_COOLDOWN_SECONDS", "nan", "MEMBER_COOLDOWN_SECONDS must be a finite number"),
         ("MEMBER_COOLDOWN_SECONDS", "inf", "MEMBER_COOLDOWN_SECONDS must be a finite number"),
