@@ -199,6 +199,12 @@ def _database_path(name: str, raw: str) -> Path:
         parent = next((p for p in path.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise SettingsError(f"{name} lies under {str(parent)!r}, which is not a folder.")
+        if path.exists() and not path.is_file():
+            # A device such as /dev/null opens fine and then fails to migrate, misleadingly.
+            raise SettingsError(
+                f"{name} names {raw!r}, which is not a regular file; "
+                "point it at the ledger or at a new file."
+            )
         if path.is_file() and path.stat().st_size > 0:
             with path.open("rb") as file:
                 header = file.read(len(SQLITE_HEADER))

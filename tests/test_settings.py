@@ -1,3 +1,4 @@
+import os
 import sqlite3
 from pathlib import Path
 
@@ -176,6 +177,16 @@ def test_a_database_path_naming_some_other_file_is_refused(tmp_path: Path) -> No
 
     with pytest.raises(SettingsError, match="not a SQLite database"):
         load(DATABASE_PATH=str(other))
+
+
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_database_path_naming_a_device_or_pipe_is_refused(tmp_path: Path, special: str) -> None:
+    if special == "fifo":
+        special = str(tmp_path / "ledger.fifo")
+        os.mkfifo(special)
+
+    with pytest.raises(SettingsError, match="DATABASE_PATH .* is not a regular file"):
+        load(DATABASE_PATH=special)
 
 
 def test_a_database_path_with_control_characters_is_refused(tmp_path: Path) -> None:
