@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import math
@@ -14,6 +15,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from bot.errors import RehostError
 
@@ -248,6 +250,32 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 
+def _read_env_file(env_file: Path) -> dict[str, str]:
+    """The settings in ``env_file``; a line python-dotenv cannot parse is an error, by number.
+
+    python-dotenv skips such a line with a warning of its own, so a client id set on it (an
+    unclosed quote, say) would be reported as not set at all.
+    """
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"{env_file} cannot be read as UTF-8 text; save it as plain UTF-8 (see .env.example)."
+        ) from exc
+    except OSError as exc:
+        raise SettingsError(f"{env_file} cannot be read ({exc.strerror}).") from exc
+
+    broken = [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
+    if broken:
+        # The line itself is not quoted back: it may hold a token.
+        raise SettingsError(
+            f"{env_file} line {broken[0]} cannot be parsed; write it as NAME=value, with any "
+            "quotes closed (see .env.example)."
+        )
+    found = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
 ) -> Settings:
@@ -258,14 +286,7 @@ def load_settings(
     """
     values: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
-        try:
-            found = dotenv_values(env_file, encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(
-                f"{env_file} cannot be read as UTF-8 text; save it as plain UTF-8 "
-                "(see .env.example)."
-            ) from exc
-        values.update({k: v for k, v in found.items() if v is not None})
+        values.update(_read_env_file(env_file))
     values.update(os.environ if environ is None else environ)
 
     parsed: dict[str, object] = {}

@@ -185,7 +185,7 @@ def test_a_database_path_naming_a_device_or_pipe_is_refused(tmp_path: Path, spec
         special = str(tmp_path / "ledger.fifo")
         os.mkfifo(special)
 
-    with pytest.raises(SettingsError, match="DATABASE_PATH .* is not a regular file"):
+    with pytest.raises(SettingsError, match=r"DATABASE_PATH .* is not a regular file"):
         load(DATABASE_PATH=special)
 
 
@@ -214,6 +214,32 @@ def test_an_env_file_that_is_not_utf8_is_named_not_a_traceback(
 
     with pytest.raises(SettingsError, match=r"\.env cannot be read as UTF-8 text"):
         load_settings({}, env_file=env_file)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['IMGUR_CLIENT_ID="file-client-id', "IMGUR_CLIENT_ID='file-client-id", "not a setting at all"],
+)
+def test_an_env_file_line_that_cannot_be_parsed_is_named_by_number(
+    tmp_path: Path, line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # python-dotenv skipped such a line with a warning of its own: a client id set on it was
+    # then reported as "not set", and the line itself was never pointed at.
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"# settings\nIMGUR_API_URL=https://api.imgur.com\n{line}\n")
+
+    with pytest.raises(SettingsError, match=r"\.env line 3 cannot be parsed") as caught:
+        load_settings({}, env_file=env_file)
+
+    assert "file-client-id" not in str(caught.value)
+    assert not caplog.records
+
+
+def test_an_env_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xef\xbb\xbfIMGUR_CLIENT_ID=from-file\n")
+
+    assert load_settings({}, env_file=env_file).imgur_client_id == "from-file"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "bot.lan"])
