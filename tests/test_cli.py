@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -236,6 +237,35 @@ async def test_a_ledger_that_cannot_be_opened_is_one_line_naming_the_setting(
         "error: The upload records could not be opened: the folder /proc/no-such-process "
         "cannot be created (No such file or directory); check DATABASE_PATH."
     ]
+
+
+@pytest.mark.parametrize("ledger", ["newer", "corrupt", "foreign"])
+async def test_a_ledger_that_cannot_be_used_is_one_line_saying_why(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path, ledger: str
+) -> None:
+    # Opening failures were also logged at ERROR: a second line, saying the same thing.
+    path = tmp_path / "ledger.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE uploads (something_else TEXT)")
+    if ledger == "newer":
+        connection.execute("PRAGMA user_version = 99")
+    connection.commit()
+    connection.close()
+    if ledger == "corrupt":
+        data = path.read_bytes()
+        path.write_bytes(data[:100] + b"\xff" * 200 + data[300:])
+
+    result = await run(cli_env, "upload", str(png_file(tmp_path)), cwd=tmp_path)
+
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: The upload records ")
+    if ledger == "newer":
+        assert "newer version of the bot" in lines[0]
+    if ledger == "foreign":
+        assert "(table uploads already exists)" in lines[0]
+    assert imgur.upload_calls == 0
 
 
 async def test_an_interrupted_command_says_so_in_one_line(
