@@ -539,13 +539,21 @@ def _prepare(db: sqlite3.Connection, path: Path) -> int:
         # cost of the fsync is shared by the writes that commit together (see the module doc).
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
-        _fetchone(db, "SELECT json_array_length(json_array(1))", ())
         row = _fetchone(db, "PRAGMA user_version", ())
     except sqlite3.Error as exc:
         log.debug("cannot prepare the ledger at %s", path, exc_info=True)
+        # SQLite's reason tells a damaged file ("file is not a database") from a folder or
+        # file the bot may not write to ("unable to open database file", "readonly").
         raise LedgerError(
-            "The upload records could not be opened: the file is not a usable SQLite "
-            "database, or this SQLite lacks JSON support."
+            f"The upload records could not be opened at {path} ({exc}); DATABASE_PATH must "
+            "name a SQLite database in a folder the bot can write to."
+        ) from exc
+    try:
+        _fetchone(db, "SELECT json_array_length(json_array(1))", ())
+    except sqlite3.Error as exc:
+        raise LedgerError(
+            "The upload records cannot be kept: this Python's SQLite lacks JSON support "
+            "(built in from SQLite 3.38 on); use a Python with a newer SQLite."
         ) from exc
 
     assert row is not None

@@ -263,6 +263,9 @@ async def test_a_ledger_that_cannot_be_used_is_one_line_saying_why(
     assert lines[0].startswith("error: The upload records ")
     if ledger == "newer":
         assert "newer version of the bot" in lines[0]
+    if ledger == "corrupt":
+        # SQLite's own reason, whichever it is for this damage, then what the setting needs.
+        assert re.search(r"\(.+\); DATABASE_PATH must name a SQLite database", lines[0])
     if ledger == "foreign":
         assert "(table uploads already exists)" in lines[0]
     assert imgur.upload_calls == 0
