@@ -271,6 +271,21 @@ async def test_a_ledger_that_cannot_be_used_is_one_line_saying_why(
     assert imgur.upload_calls == 0
 
 
+async def test_a_lock_file_the_bot_cannot_open_is_one_line_naming_it(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    # A lock left by a run as root is the common case; as root, a folder in its place does.
+    (tmp_path / "ledger.sqlite3.lock").mkdir()
+
+    result = await run(cli_env, "history", cwd=tmp_path)
+
+    assert result.code == 1
+    assert result.err.strip().splitlines() == [
+        f"error: The upload records' lock file {tmp_path}/ledger.sqlite3.lock cannot be opened "
+        "(Is a directory); it must be a file the bot can write, beside DATABASE_PATH."
+    ]
+
+
 async def test_an_interrupted_command_says_so_in_one_line(
     cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
 ) -> None:
