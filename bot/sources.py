@@ -440,7 +440,7 @@ async def spool(
                 if len(head) < media.SNIFF_BYTES:
                     continue
                 _identify(result, head, limits, declared)
-            media.check_size(result.size, limits, result.media_type)
+            media.check_size(result.size, limits, result.media_type, so_far=True)
             if on_progress is not None:
                 on_progress("download", result.size, declared)
             if batched >= BATCH:
