@@ -90,6 +90,23 @@ async def test_the_same_file_twice_calls_imgur_once_and_delete_removes_it(
     assert again.err.startswith("error: No live upload")
 
 
+async def test_a_link_of_another_site_never_deletes_the_upload_its_id_names(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    link = (await run(cli_env, "upload", str(png_file(tmp_path)), cwd=tmp_path)).out.strip()
+    imgur_id = link.rsplit("/", 1)[1].split(".")[0]
+
+    other = await run(cli_env, "delete", f"https://example.com/{imgur_id}.png", cwd=tmp_path)
+    gallery = await run(cli_env, "delete", f"https://imgur.com/{imgur_id}", cwd=tmp_path)
+
+    assert other.code == 1
+    assert (
+        other.err == "error: That link is not on Imgur; give the Imgur link or id of the upload.\n"
+    )
+    assert gallery.code == 0, gallery.err
+    assert [image.deleted for image in imgur.images.values()] == [True]
+
+
 async def test_a_file_that_is_not_media_fails_with_one_line(
     cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
 ) -> None:
