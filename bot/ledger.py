@@ -539,23 +539,28 @@ def _prepare(db: sqlite3.Connection, path: Path) -> int:
         # cost of the fsync is shared by the writes that commit together (see the module doc).
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
-        _fetchone(db, "SELECT json_array_length(json_array(1))", ())
         row = _fetchone(db, "PRAGMA user_version", ())
     except sqlite3.Error as exc:
-        log.exception("cannot prepare the ledger at %s", path)
+        log.debug("cannot prepare the ledger at %s", path, exc_info=True)
+        # SQLite's reason tells a damaged file ("file is not a database") from a folder or
+        # file the bot may not write to ("unable to open database file", "readonly").
         raise LedgerError(
-            "The upload records could not be opened: the file is not a usable SQLite "
-            "database, or this SQLite lacks JSON support."
+            f"The upload records could not be opened at {path} ({exc}); DATABASE_PATH must "
+            "name a SQLite database in a folder the bot can write to."
+        ) from exc
+    try:
+        _fetchone(db, "SELECT json_array_length(json_array(1))", ())
+    except sqlite3.Error as exc:
+        raise LedgerError(
+            "The upload records cannot be kept: this Python's SQLite lacks JSON support "
+            "(built in from SQLite 3.38 on); use a Python with a newer SQLite."
         ) from exc
 
     assert row is not None
     version = int(row[0])
     if version > SCHEMA_VERSION:
-        log.error(
-            "ledger at %s has schema version %d; this code knows up to %d",
-            path,
-            version,
-            SCHEMA_VERSION,
+        log.debug(
+            "ledger at %s has schema version %d, newer than %d", path, version, SCHEMA_VERSION
         )
         raise LedgerError(
             f"The upload records were written by a newer version of the bot (schema "
@@ -582,9 +587,11 @@ def _migrate(db: sqlite3.Connection, path: Path, target: int) -> None:
                 db.execute("ROLLBACK")
             raise
     except sqlite3.Error as exc:
-        log.exception("ledger at %s failed to migrate to schema version %d", path, target)
+        log.debug("ledger at %s failed to migrate to version %d", path, target, exc_info=True)
+        # SQLite's own words ("table uploads already exists", "database or disk is full") are
+        # what an operator can act on; statements bind their values, so no value is in them.
         raise LedgerError(
-            f"The upload records could not be upgraded to schema version {target}; "
+            f"The upload records could not be upgraded to schema version {target} ({exc}); "
             "the file was left as it was."
         ) from exc
     log.info("ledger at %s migrated to schema version %d", path, target)

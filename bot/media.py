@@ -74,14 +74,19 @@ class MediaLimits:
         return self.image if kind is MediaKind.IMAGE else self.video
 
 
-def check_size(size: int, limits: MediaLimits, media_type: MediaType | None = None) -> None:
-    """Refuse ``size`` bytes when over the limit of the kind (or of every kind, if unknown)."""
+def check_size(
+    size: int, limits: MediaLimits, media_type: MediaType | None = None, *, so_far: bool = False
+) -> None:
+    """Refuse ``size`` bytes when over the limit of the kind (or of every kind, if unknown).
+
+    ``so_far`` marks a count taken while reading: reading stops there, so the file's whole
+    size is not known and is not stated.
+    """
     limit = limits.ceiling if media_type is None else limits.limit_for(media_type.kind)
     if size > limit:
         what = "files" if media_type is None else f"{media_type.kind.value}s"
-        raise MediaTooLarge(
-            f"The file is {size / MB:.1f} MB; {what} may be at most {limit / MB:.0f} MB."
-        )
+        found = f"over {limit / MB:.0f} MB" if so_far else f"{size / MB:.1f} MB"
+        raise MediaTooLarge(f"The file is {found}; {what} may be at most {limit / MB:.0f} MB.")
 
 
 def sniff(head: bytes) -> MediaType:

@@ -16,7 +16,7 @@ import aiohttp
 from yarl import URL
 
 from bot.imgur import ImgurClient
-from bot.ledger import Ledger
+from bot.ledger import Ledger, LedgerError
 from bot.media import MediaLimits
 from bot.pipeline import Pipeline
 from bot.quota import QuotaKeeper
@@ -133,8 +133,20 @@ class LedgerLease:
         self._handle: IO[bytes] | None = None
 
     async def acquire(self) -> bool:
-        """Take the lock; True when this process is alone with the ledger."""
-        self._handle = await asyncio.to_thread(self._path.open, "ab")
+        """Take the lock; True when this process is alone with the ledger.
+
+        Raises:
+            LedgerError: the lock file cannot be opened (another user's, or not a file).
+        """
+        try:
+            self._handle = await asyncio.to_thread(self._path.open, "ab")
+        except OSError as exc:
+            # Typically left by a run as another user (root), which this one may not open.
+            raise LedgerError(
+                f"The upload records' lock file {self._path} cannot be opened "
+                f"({exc.strerror or exc}); it must be a file the bot can write, beside "
+                "DATABASE_PATH."
+            ) from exc
         try:
             fcntl.flock(self._handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import ipaddress
 import logging
 import math
@@ -14,6 +15,7 @@ from typing import Final
 from urllib.parse import urlsplit
 
 from dotenv import dotenv_values
+from dotenv.parser import parse_stream
 
 from bot.errors import RehostError
 
@@ -23,6 +25,8 @@ IMGUR_VIDEO_LIMIT = 200 * MB
 # More uploads at once than this only buys 429s from Imgur; a longer queue only waits longer
 # than anyone would.
 UPPER_BOUNDS: Final = {"UPLOAD_WORKERS": 32, "QUEUE_LIMIT": 100_000}
+# What Imgur itself takes; a larger limit would only let files through for Imgur to refuse.
+SIZE_CEILINGS: Final = {"MAX_IMAGE_MB": IMGUR_STILL_LIMIT, "MAX_VIDEO_MB": IMGUR_VIDEO_LIMIT}
 
 
 class SettingsError(RehostError):
@@ -147,6 +151,10 @@ def _megabytes(name: str, raw: str) -> int:
         raise SettingsError(f"{name} must be a size in megabytes, not {raw!r}.") from None
     if not math.isfinite(value):
         raise SettingsError(f"{name} must be a finite size in megabytes, not {raw!r}.")
+    # Compared before int(): a finite value such as 1e308 overflows to infinity in bytes.
+    ceiling = SIZE_CEILINGS[name]
+    if value * MB > ceiling:
+        raise SettingsError(f"{name} may not exceed Imgur's own limit of {ceiling // MB} MB.")
     if int(value * MB) <= 0:
         raise SettingsError(f"{name} must be greater than zero, not {raw!r}.")
     return int(value * MB)
@@ -193,6 +201,12 @@ def _database_path(name: str, raw: str) -> Path:
         parent = next((p for p in path.absolute().parents if p.exists()), None)
         if parent is not None and not parent.is_dir():
             raise SettingsError(f"{name} lies under {str(parent)!r}, which is not a folder.")
+        if path.exists() and not path.is_file():
+            # A device such as /dev/null opens fine and then fails to migrate, misleadingly.
+            raise SettingsError(
+                f"{name} names {raw!r}, which is not a regular file; "
+                "point it at the ledger or at a new file."
+            )
         if path.is_file() and path.stat().st_size > 0:
             with path.open("rb") as file:
                 header = file.read(len(SQLITE_HEADER))
@@ -236,6 +250,32 @@ _FIELDS: dict[str, tuple[str, Callable[[str, str], object]]] = {
 }
 
 
+def _read_env_file(env_file: Path) -> dict[str, str]:
+    """The settings in ``env_file``; a line python-dotenv cannot parse is an error, by number.
+
+    python-dotenv skips such a line with a warning of its own, so a client id set on it (an
+    unclosed quote, say) would be reported as not set at all.
+    """
+    try:
+        text = env_file.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SettingsError(
+            f"{env_file} cannot be read as UTF-8 text; save it as plain UTF-8 (see .env.example)."
+        ) from exc
+    except OSError as exc:
+        raise SettingsError(f"{env_file} cannot be read ({exc.strerror}).") from exc
+
+    broken = [binding.original.line for binding in parse_stream(io.StringIO(text)) if binding.error]
+    if broken:
+        # The line itself is not quoted back: it may hold a token.
+        raise SettingsError(
+            f"{env_file} line {broken[0]} cannot be parsed; write it as NAME=value, with any "
+            "quotes closed (see .env.example)."
+        )
+    found = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in found.items() if v is not None}
+
+
 def load_settings(
     environ: Mapping[str, str] | None = None, *, env_file: Path | None = Path(".env")
 ) -> Settings:
@@ -246,14 +286,7 @@ def load_settings(
     """
     values: dict[str, str] = {}
     if env_file is not None and env_file.is_file():
-        try:
-            found = dotenv_values(env_file, encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise SettingsError(
-                f"{env_file} cannot be read as UTF-8 text; save it as plain UTF-8 "
-                "(see .env.example)."
-            ) from exc
-        values.update({k: v for k, v in found.items() if v is not None})
+        values.update(_read_env_file(env_file))
     values.update(os.environ if environ is None else environ)
 
     parsed: dict[str, object] = {}
@@ -268,13 +301,6 @@ def load_settings(
             "https://api.imgur.com/oauth2/addclient and put its client id in .env "
             "(see .env.example)."
         )
-    for attribute, name, ceiling in (
-        ("max_image_bytes", "MAX_IMAGE_MB", IMGUR_STILL_LIMIT),
-        ("max_video_bytes", "MAX_VIDEO_MB", IMGUR_VIDEO_LIMIT),
-    ):
-        value = parsed.get(attribute)
-        if isinstance(value, int) and value > ceiling:
-            raise SettingsError(f"{name} may not exceed Imgur's own limit of {ceiling // MB} MB.")
     if ("http_port" in parsed) != ("http_token" in parsed):
         raise SettingsError("HTTP_PORT and HTTP_TOKEN go together: set both, or neither.")
 

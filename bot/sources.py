@@ -425,8 +425,9 @@ async def spool(
     batched = 0
     head = b""
 
+    chunks = source.chunks()
     try:
-        async for chunk in source.chunks():
+        async for chunk in chunks:
             batch.append(chunk)
             batched += len(chunk)
             result.size += len(chunk)
@@ -440,7 +441,7 @@ async def spool(
                 if len(head) < media.SNIFF_BYTES:
                     continue
                 _identify(result, head, limits, declared)
-            media.check_size(result.size, limits, result.media_type)
+            media.check_size(result.size, limits, result.media_type, so_far=True)
             if on_progress is not None:
                 on_progress("download", result.size, declared)
             if batched >= BATCH:
@@ -455,6 +456,12 @@ async def spool(
             await pending
         await asyncio.to_thread(_finish, result, batch)
     except BaseException:
+        # A source refused part way (too large, not media) is closed now, not whenever the
+        # garbage collector finalizes its generator: by then the loop, or the test, is gone.
+        aclose = getattr(chunks, "aclose", None)
+        if aclose is not None:
+            with contextlib.suppress(Exception):
+                await aclose()
         if pending is not None:
             with contextlib.suppress(BaseException):
                 await pending

@@ -19,7 +19,7 @@ import math
 import signal
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from aiohttp import BodyPartReader, MultipartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -43,6 +43,8 @@ from bot.sources import SourceError, StreamSource, clean_title
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 DOOR: Final = "http"
 READ_CHUNK: Final = 256 * 1024
 # Bounds what is read whole: a JSON body, a title field. The file part streams past it.
@@ -54,6 +56,9 @@ UNKNOWN_RESET_RETRY_AFTER: Final = 3600
 HEALTH_TTL: Final = 60.0
 HEALTH_TIMEOUT: Final = 10.0
 SHUTDOWN_TIMEOUT: Final = 30.0
+# A file part that sends nothing for this long is given up: while it streams it holds one of
+# the scheduler's turns to fetch, and a few stalled callers would hold them all, for Discord too.
+BODY_IDLE_TIMEOUT: Final = 60.0
 USAGE: Final = 2
 
 
@@ -441,7 +446,7 @@ async def _file_chunks(
     """The file part's bytes as they arrive; then make sure nothing meant for it follows."""
     while True:
         try:
-            chunk = await part.read_chunk(READ_CHUNK)
+            chunk = await _unless_stalled(part.read_chunk(READ_CHUNK))
         except (ValueError, HttpProcessingError, RequestPayloadError, ConnectionError) as exc:
             raise TruncatedMedia("The upload was cut short or malformed; try again.") from exc
         if not chunk:
@@ -449,12 +454,23 @@ async def _file_chunks(
         yield chunk
 
     # The upload is under way once the file has arrived: a title after it would be lost.
-    while (extra := await _next_part(reader)) is not None:
+    while (extra := await _unless_stalled(_next_part(reader))) is not None:
         if extra.name == "title":
             raise BadRequest("Send the 'title' field before the 'file' field.")
         if extra.name == "file":
             raise BadRequest("Send one file per request.")
         await _skip(extra)
+
+
+async def _unless_stalled(step: Awaitable[T]) -> T:
+    """``step``'s result, unless the caller sends nothing for ``BODY_IDLE_TIMEOUT`` seconds."""
+    try:
+        async with asyncio.timeout(BODY_IDLE_TIMEOUT):
+            return await step
+    except TimeoutError as exc:
+        raise TruncatedMedia(
+            f"The upload stalled: nothing arrived for {BODY_IDLE_TIMEOUT:g} seconds; try again."
+        ) from exc
 
 
 async def _upload_url(request: web.Request, services: Services) -> Rehost:

@@ -6,6 +6,7 @@ import os
 import pty
 import re
 import signal
+import sqlite3
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -87,6 +88,23 @@ async def test_the_same_file_twice_calls_imgur_once_and_delete_removes_it(
     again = await run(cli_env, "delete", first.out.strip(), cwd=tmp_path)
     assert again.code == 1
     assert again.err.startswith("error: No live upload")
+
+
+async def test_a_link_of_another_site_never_deletes_the_upload_its_id_names(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    link = (await run(cli_env, "upload", str(png_file(tmp_path)), cwd=tmp_path)).out.strip()
+    imgur_id = link.rsplit("/", 1)[1].split(".")[0]
+
+    other = await run(cli_env, "delete", f"https://example.com/{imgur_id}.png", cwd=tmp_path)
+    gallery = await run(cli_env, "delete", f"https://imgur.com/{imgur_id}", cwd=tmp_path)
+
+    assert other.code == 1
+    assert (
+        other.err == "error: That link is not on Imgur; give the Imgur link or id of the upload.\n"
+    )
+    assert gallery.code == 0, gallery.err
+    assert [image.deleted for image in imgur.images.values()] == [True]
 
 
 async def test_a_file_that_is_not_media_fails_with_one_line(
@@ -235,6 +253,53 @@ async def test_a_ledger_that_cannot_be_opened_is_one_line_naming_the_setting(
     assert result.err.strip().splitlines() == [
         "error: The upload records could not be opened: the folder /proc/no-such-process "
         "cannot be created (No such file or directory); check DATABASE_PATH."
+    ]
+
+
+@pytest.mark.parametrize("ledger", ["newer", "corrupt", "foreign"])
+async def test_a_ledger_that_cannot_be_used_is_one_line_saying_why(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path, ledger: str
+) -> None:
+    # Opening failures were also logged at ERROR: a second line, saying the same thing.
+    path = tmp_path / "ledger.sqlite3"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE uploads (something_else TEXT)")
+    if ledger == "newer":
+        connection.execute("PRAGMA user_version = 99")
+    connection.commit()
+    connection.close()
+    if ledger == "corrupt":
+        data = path.read_bytes()
+        path.write_bytes(data[:100] + b"\xff" * 200 + data[300:])
+
+    result = await run(cli_env, "upload", str(png_file(tmp_path)), cwd=tmp_path)
+
+    assert result.code == 1
+    lines = result.err.strip().splitlines()
+    assert len(lines) == 1, result.err
+    assert lines[0].startswith("error: The upload records ")
+    if ledger == "newer":
+        assert "newer version of the bot" in lines[0]
+    if ledger == "corrupt":
+        # SQLite's own reason, whichever it is for this damage, then what the setting needs.
+        assert re.search(r"\(.+\); DATABASE_PATH must name a SQLite database", lines[0])
+    if ledger == "foreign":
+        assert "(table uploads already exists)" in lines[0]
+    assert imgur.upload_calls == 0
+
+
+async def test_a_lock_file_the_bot_cannot_open_is_one_line_naming_it(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    # A lock left by a run as root is the common case; as root, a folder in its place does.
+    (tmp_path / "ledger.sqlite3.lock").mkdir()
+
+    result = await run(cli_env, "history", cwd=tmp_path)
+
+    assert result.code == 1
+    assert result.err.strip().splitlines() == [
+        f"error: The upload records' lock file {tmp_path}/ledger.sqlite3.lock cannot be opened "
+        "(Is a directory); it must be a file the bot can write, beside DATABASE_PATH."
     ]
 
 

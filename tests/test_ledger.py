@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import AsyncIterator
@@ -763,6 +764,24 @@ async def test_file_that_is_not_a_database_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(LedgerError):
         await Ledger.open(path)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="permissions do not stop root")
+async def test_a_ledger_in_a_folder_the_bot_cannot_write_names_sqlites_reason(
+    tmp_path: Path,
+) -> None:
+    # It was reported as "not a usable SQLite database", which sent people to a good file.
+    path = tmp_path / "ledger.sqlite3"
+    async with await Ledger.open(path):
+        pass
+    for leftover in tmp_path.glob("ledger.sqlite3-*"):
+        leftover.unlink()
+    tmp_path.chmod(0o555)
+    try:
+        with pytest.raises(LedgerError, match=r"at .*ledger\.sqlite3 \(.+\); DATABASE_PATH must"):
+            await Ledger.open(path)
+    finally:
+        tmp_path.chmod(0o755)
 
 
 async def test_integrity_check_catches_a_dangling_reference(tmp_path: Path) -> None:

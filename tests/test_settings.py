@@ -1,3 +1,4 @@
+import os
 import sqlite3
 from pathlib import Path
 
@@ -120,6 +121,8 @@ def test_secrets_stay_out_of_repr() -> None:
         ("MAX_IMAGE_MB", "nan", "MAX_IMAGE_MB must be a finite size"),
         ("MAX_IMAGE_MB", "inf", "MAX_IMAGE_MB must be a finite size"),
         ("MAX_VIDEO_MB", "1e400", "MAX_VIDEO_MB must be a finite size"),
+        ("MAX_IMAGE_MB", "1e308", "MAX_IMAGE_MB may not exceed Imgur's own limit"),
+        ("MAX_VIDEO_MB", "9" * 300, "MAX_VIDEO_MB may not exceed Imgur's own limit"),
         ("MAX_IMAGE_MB", "1e-9", "MAX_IMAGE_MB must be greater than zero"),
         ("MEMBER_COOLDOWN_SECONDS", "nan", "MEMBER_COOLDOWN_SECONDS must be a finite number"),
         ("MEMBER_COOLDOWN_SECONDS", "inf", "MEMBER_COOLDOWN_SECONDS must be a finite number"),
@@ -176,6 +179,16 @@ def test_a_database_path_naming_some_other_file_is_refused(tmp_path: Path) -> No
         load(DATABASE_PATH=str(other))
 
 
+@pytest.mark.parametrize("special", ["/dev/null", "fifo"])
+def test_a_database_path_naming_a_device_or_pipe_is_refused(tmp_path: Path, special: str) -> None:
+    if special == "fifo":
+        special = str(tmp_path / "ledger.fifo")
+        os.mkfifo(special)
+
+    with pytest.raises(SettingsError, match=r"DATABASE_PATH .* is not a regular file"):
+        load(DATABASE_PATH=special)
+
+
 def test_a_database_path_with_control_characters_is_refused(tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match="DATABASE_PATH holds control characters"):
         load(DATABASE_PATH=str(tmp_path / "led\x00ger.sqlite3"))
@@ -201,6 +214,32 @@ def test_an_env_file_that_is_not_utf8_is_named_not_a_traceback(
 
     with pytest.raises(SettingsError, match=r"\.env cannot be read as UTF-8 text"):
         load_settings({}, env_file=env_file)
+
+
+@pytest.mark.parametrize(
+    "line",
+    ['IMGUR_CLIENT_ID="file-client-id', "IMGUR_CLIENT_ID='file-client-id", "not a setting at all"],
+)
+def test_an_env_file_line_that_cannot_be_parsed_is_named_by_number(
+    tmp_path: Path, line: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # python-dotenv skipped such a line with a warning of its own: a client id set on it was
+    # then reported as "not set", and the line itself was never pointed at.
+    env_file = tmp_path / ".env"
+    env_file.write_text(f"# settings\nIMGUR_API_URL=https://api.imgur.com\n{line}\n")
+
+    with pytest.raises(SettingsError, match=r"\.env line 3 cannot be parsed") as caught:
+        load_settings({}, env_file=env_file)
+
+    assert "file-client-id" not in str(caught.value)
+    assert not caplog.records
+
+
+def test_an_env_file_with_a_byte_order_mark_is_read(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_bytes(b"\xef\xbb\xbfIMGUR_CLIENT_ID=from-file\n")
+
+    assert load_settings({}, env_file=env_file).imgur_client_id == "from-file"
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "0.0.0.0", "::", "::1", "localhost", "bot.lan"])

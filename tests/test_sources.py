@@ -92,6 +92,19 @@ async def test_spool_refuses_non_media_after_the_first_chunk() -> None:
     assert served == 1
 
 
+async def test_a_file_over_the_limit_is_not_said_to_be_the_size_read_so_far(
+    tmp_path: Path,
+) -> None:
+    # Reading stops a chunk past the limit: a 12 MB file was reported as "5.2 MB".
+    path = tmp_path / "poster.png"
+    path.write_bytes(samples.big_png(12 * 1024 * 1024, seed=3))
+
+    with pytest.raises(media.MediaTooLarge) as caught:
+        await sources.spool(FileSource(path), LIMITS)
+
+    assert str(caught.value) == "The file is over 5 MB; images may be at most 5 MB."
+
+
 async def test_spool_refuses_a_declared_size_over_the_limit_before_reading() -> None:
     async def never() -> AsyncIterator[bytes]:
         raise AssertionError("must not be read")

@@ -27,6 +27,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot import web as web_module
 from bot.errors import RehostError
 from bot.imgur import (
     ImgurAuthError,
@@ -429,6 +430,50 @@ async def test_a_client_that_hangs_up_mid_file_leaves_nothing_behind(
     assert list(spool.iterdir()) == []
     assert imgur.requests == []
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+async def test_a_client_that_stalls_mid_file_gives_up_its_turn_to_others(
+    make_endpoint: EndpointFactory, imgur: ImgurStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One worker gives two turns to fetch: two callers that stop sending (a crashed client
+    # behind a dead connection never hangs up) held them for ever, and nobody else's upload,
+    # Discord's included, could start.
+    monkeypatch.setattr(web_module, "BODY_IDLE_TIMEOUT", 0.5)
+    endpoint = await make_endpoint(upload_workers=1)
+    port = int(endpoint.base.rsplit(":", 1)[1])
+    head = b'--cut\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
+    stalled = []
+    for seed in (60, 61):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(
+            b"POST /api/upload HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Authorization: Bearer {TOKEN}\r\n".encode()
+            + b"Content-Type: multipart/form-data; boundary=cut\r\n"
+            + f"Content-Length: {len(head) + 500}\r\n\r\n".encode()
+            + head
+            + samples.png(seed=seed)[:20]
+        )
+        await writer.drain()
+        stalled.append((reader, writer))
+
+    async with asyncio.timeout(WAIT):
+        answer = await endpoint.upload(samples.png(seed=62))
+
+    assert answer.status == 200
+    for reader, writer in stalled:
+        # The answer alone: aiohttp lingers a while before it closes an unfinished request.
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), WAIT)
+        length = re.search(rb"Content-Length: (\d+)", head)
+        assert length is not None
+        body = await reader.readexactly(int(length[1]))
+        writer.close()
+        await writer.wait_closed()
+        assert head.startswith(b"HTTP/1.1 400 ")
+        assert json.loads(body) == {
+            "error": "The upload stalled: nothing arrived for 0.5 seconds; try again."
+        }
+    assert await endpoint.services.ledger.pending_uploads() == []
+    assert imgur.upload_calls == 1
 
 
 async def test_a_client_that_hangs_up_while_imgur_works_still_gets_its_upload_recorded(
