@@ -51,6 +51,7 @@ UPLOAD_STATES: Final = frozenset({"pending", "done", "deleted", "failed"})
 
 READ_FAILED: Final = "The upload records could not be read right now; please try again."
 WRITE_FAILED: Final = "The change could not be saved to the upload records; please try again."
+BEGIN_FAILED: Final = "The upload record could not be saved; nothing was published."
 
 
 class LedgerError(RehostError):
@@ -312,6 +313,17 @@ _INSERT_REHOST = """
     ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# A new upload, pending until Imgur answers: its own columns, then the origin's.
+_INSERT_PENDING = """
+    INSERT INTO uploads (
+        kind, mime, size, sha256, state, created_at, door, guild_id, channel_id,
+        message_id, attachment_id, owner_id, requester_id, filename, title, auto
+    ) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# The upload offered for reuse: done, not deleted, not a duplicate.
+_SELECT_LIVE = _SELECT_UPLOAD + "WHERE u.sha256 = ? AND u.state = 'done' AND u.duplicate = 0"
+
 # The upload to complete, its origin, and whether a live upload of the same bytes exists.
 _RIVAL_EXISTS = """
     EXISTS (
@@ -432,6 +444,11 @@ def _like_pattern(text: str) -> str:
     """``%text%`` for LIKE with ESCAPE '\\': the person's % and _ match only themselves."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in UPLOAD_KINDS:
+        raise ValueError(f"unknown upload kind {kind!r}")
 
 
 def _normal_sha256(sha256: str) -> str:
@@ -867,29 +884,49 @@ class Ledger:
             LedgerError: not recorded; Imgur must not be called.
         """
         digest = _normal_sha256(sha256)
-        if kind not in UPLOAD_KINDS:
-            raise ValueError(f"unknown upload kind {kind!r}")
+        _check_kind(kind)
         values = (kind, mime, size, digest, self._now(), *_origin_values(origin))
 
         def work(db: sqlite3.Connection) -> int:
-            return _insert(
-                db,
-                """
-                INSERT INTO uploads (
-                    kind, mime, size, sha256, state, created_at, door, guild_id, channel_id,
-                    message_id, attachment_id, owner_id, requester_id, filename, title, auto
-                ) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                values,
-            )
+            return _insert(db, _INSERT_PENDING, values)
 
-        pending_id = await self._write(
-            "begin upload",
-            work,
-            failure="The upload record could not be saved; nothing was published.",
-        )
+        pending_id = await self._write("begin upload", work, failure=BEGIN_FAILED)
         log.debug("ledger: upload %d pending (%s, %d bytes, %s)", pending_id, kind, size, mime)
         return pending_id
+
+    async def reuse_or_begin_upload(
+        self, *, sha256: str, size: int, mime: str, kind: str, origin: Origin
+    ) -> Rehost | int:
+        """Reuse the live upload of these bytes, or put a new one on record as pending.
+
+        One transaction, one round trip: the same as :meth:`find_live_upload` followed by
+        :meth:`record_reuse` or :meth:`begin_upload`, with nothing able to come in between.
+
+        Returns:
+            The rehost recorded as a reuse, or the row id of the pending upload for which
+            Imgur is to be called.
+
+        Raises:
+            LedgerError: nothing recorded; Imgur must not be called.
+        """
+        digest = _normal_sha256(sha256)
+        _check_kind(kind)
+        now = self._now()
+        where = _origin_values(origin)
+
+        def work(db: sqlite3.Connection) -> Rehost | int:
+            row = _fetchone(db, _SELECT_LIVE, (digest,))
+            if row is None:
+                return _insert(db, _INSERT_PENDING, (kind, mime, size, digest, now, *where))
+            rehost_id = _insert(db, _INSERT_REHOST, (row["u_id"], 1, now, *where))
+            return _new_rehost(rehost_id, _upload_from(row), origin, reused=True, created_at=now)
+
+        claim = await self._write("reuse or begin upload", work, failure=BEGIN_FAILED)
+        if isinstance(claim, Rehost):
+            log.info("ledger: rehost %d reuses upload %d", claim.id, claim.upload.id)
+        else:
+            log.debug("ledger: upload %d pending (%s, %d bytes, %s)", claim, kind, size, mime)
+        return claim
 
     async def complete_upload(
         self, pending_id: int, *, imgur_id: str, link: str, deletehash: str
@@ -1008,11 +1045,7 @@ class Ledger:
         digest = _normal_sha256(sha256)
 
         def work(db: sqlite3.Connection) -> Upload | None:
-            row = _fetchone(
-                db,
-                _SELECT_UPLOAD + "WHERE u.sha256 = ? AND u.state = 'done' AND u.duplicate = 0",
-                (digest,),
-            )
+            row = _fetchone(db, _SELECT_LIVE, (digest,))
             return _upload_from(row) if row is not None else None
 
         return await self._read("find live upload", work)
