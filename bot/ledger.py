@@ -51,6 +51,7 @@ UPLOAD_STATES: Final = frozenset({"pending", "done", "deleted", "failed"})
 
 READ_FAILED: Final = "The upload records could not be read right now; please try again."
 WRITE_FAILED: Final = "The change could not be saved to the upload records; please try again."
+BEGIN_FAILED: Final = "The upload record could not be saved; nothing was published."
 
 
 class LedgerError(RehostError):
@@ -312,6 +313,17 @@ _INSERT_REHOST = """
     ) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 
+# A new upload, pending until Imgur answers: its own columns, then the origin's.
+_INSERT_PENDING = """
+    INSERT INTO uploads (
+        kind, mime, size, sha256, state, created_at, door, guild_id, channel_id,
+        message_id, attachment_id, owner_id, requester_id, filename, title, auto
+    ) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+# The upload offered for reuse: done, not deleted, not a duplicate.
+_SELECT_LIVE = _SELECT_UPLOAD + "WHERE u.sha256 = ? AND u.state = 'done' AND u.duplicate = 0"
+
 # The upload to complete, its origin, and whether a live upload of the same bytes exists.
 _RIVAL_EXISTS = """
     EXISTS (
@@ -432,6 +444,11 @@ def _like_pattern(text: str) -> str:
     """``%text%`` for LIKE with ESCAPE '\\': the person's % and _ match only themselves."""
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return f"%{escaped}%"
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in UPLOAD_KINDS:
+        raise ValueError(f"unknown upload kind {kind!r}")
 
 
 def _normal_sha256(sha256: str) -> str:
@@ -611,15 +628,21 @@ def _close_abandoned(
 
 @dataclass
 class _Write(Generic[T]):
-    """One write: its transaction body, what to call it in logs, and who waits for it."""
+    """One write: its transaction body, what to call it in logs, and who waits for it.
+
+    The database thread settles it once, straight onto the caller's event loop: one call
+    back per write, where a concurrent future chained to an asyncio one took four.
+    """
 
     what: str
     work: Callable[[sqlite3.Connection], T]
     failure: str
-    future: Future[T] = field(default_factory=Future)
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future[T]
+    settled: bool = False  # touched on the database thread only
 
     def succeed(self, result: T) -> None:
-        self.future.set_result(result)
+        self._settle(result, None)
 
     def fail(self, exc: BaseException) -> None:
         if isinstance(exc, sqlite3.Error | OverflowError):
@@ -627,7 +650,24 @@ class _Write(Generic[T]):
             error = LedgerError(self.failure)
             error.__cause__ = exc
             exc = error
-        self.future.set_exception(exc)
+        self._settle(None, exc)
+
+    def _settle(self, result: T | None, exc: BaseException | None) -> None:
+        self.settled = True
+        try:
+            self.loop.call_soon_threadsafe(_deliver, self.future, result, exc)
+        except RuntimeError:
+            log.debug("ledger: %s finished after its event loop closed", self.what)
+
+
+def _deliver(future: asyncio.Future[T], result: T | None, exc: BaseException | None) -> None:
+    """On the event loop: hand a write's outcome to its caller, unless it stopped waiting."""
+    if future.cancelled():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)  # type: ignore[arg-type]
 
 
 class Ledger:
@@ -659,7 +699,6 @@ class Ledger:
         self._queue_lock = threading.Lock()
         self._queued: list[_Write[Any]] = []
         self._drain_due = False
-        self._writes: set[asyncio.Future[Any]] = set()
         self._closed = False
 
     # --- opening and closing ----------------------------------------------------------------
@@ -699,9 +738,8 @@ class Ledger:
             return
         self._closed = True
 
-        if self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
-        # Everything handed to the thread before this runs before it.
+        # Everything handed to the thread before this runs before it: every write queued
+        # has its drain there already, and its caller hears back before this returns.
         await asyncio.wrap_future(self._submit(self._db.close))
         self._executor.shutdown(wait=False)
         log.info("ledger at %s closed", self._path)
@@ -761,23 +799,21 @@ class Ledger:
     ) -> T:
         """Run ``work`` in a transaction that commits before this returns.
 
-        Shielded: once queued, the write commits or rolls back whatever happens to the
-        caller, and close() waits for it.
+        Once queued, the write commits or rolls back whatever happens to the caller: a
+        cancelled caller only stops waiting for it, and close() waits for it.
         """
         self._ensure_open()
 
-        write = _Write(what, work, failure)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        write = _Write(what, work, failure, loop, future)
         with self._queue_lock:
             self._queued.append(write)
             drain = not self._drain_due
             self._drain_due = True
         if drain:
             self._submit(self._drain)
-
-        done = asyncio.wrap_future(write.future)
-        self._writes.add(done)
-        done.add_done_callback(self._writes.discard)
-        return await asyncio.shield(done)
+        return await future
 
     def _drain(self) -> None:
         """On the database thread: commit every write queued so far, together."""
@@ -791,7 +827,7 @@ class Ledger:
             log.exception("ledger: the write queue failed")
             self._rollback()
             for write in batch:
-                if not write.future.done():
+                if not write.settled:
                     write.fail(exc)
 
     def _commit_together(self, batch: list[_Write[Any]]) -> None:
@@ -874,29 +910,49 @@ class Ledger:
             LedgerError: not recorded; Imgur must not be called.
         """
         digest = _normal_sha256(sha256)
-        if kind not in UPLOAD_KINDS:
-            raise ValueError(f"unknown upload kind {kind!r}")
+        _check_kind(kind)
         values = (kind, mime, size, digest, self._now(), *_origin_values(origin))
 
         def work(db: sqlite3.Connection) -> int:
-            return _insert(
-                db,
-                """
-                INSERT INTO uploads (
-                    kind, mime, size, sha256, state, created_at, door, guild_id, channel_id,
-                    message_id, attachment_id, owner_id, requester_id, filename, title, auto
-                ) VALUES (?, ?, ?, ?, 'pending', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-                """,
-                values,
-            )
+            return _insert(db, _INSERT_PENDING, values)
 
-        pending_id = await self._write(
-            "begin upload",
-            work,
-            failure="The upload record could not be saved; nothing was published.",
-        )
+        pending_id = await self._write("begin upload", work, failure=BEGIN_FAILED)
         log.debug("ledger: upload %d pending (%s, %d bytes, %s)", pending_id, kind, size, mime)
         return pending_id
+
+    async def reuse_or_begin_upload(
+        self, *, sha256: str, size: int, mime: str, kind: str, origin: Origin
+    ) -> Rehost | int:
+        """Reuse the live upload of these bytes, or put a new one on record as pending.
+
+        One transaction, one round trip: the same as :meth:`find_live_upload` followed by
+        :meth:`record_reuse` or :meth:`begin_upload`, with nothing able to come in between.
+
+        Returns:
+            The rehost recorded as a reuse, or the row id of the pending upload for which
+            Imgur is to be called.
+
+        Raises:
+            LedgerError: nothing recorded; Imgur must not be called.
+        """
+        digest = _normal_sha256(sha256)
+        _check_kind(kind)
+        now = self._now()
+        where = _origin_values(origin)
+
+        def work(db: sqlite3.Connection) -> Rehost | int:
+            row = _fetchone(db, _SELECT_LIVE, (digest,))
+            if row is None:
+                return _insert(db, _INSERT_PENDING, (kind, mime, size, digest, now, *where))
+            rehost_id = _insert(db, _INSERT_REHOST, (row["u_id"], 1, now, *where))
+            return _new_rehost(rehost_id, _upload_from(row), origin, reused=True, created_at=now)
+
+        claim = await self._write("reuse or begin upload", work, failure=BEGIN_FAILED)
+        if isinstance(claim, Rehost):
+            log.info("ledger: rehost %d reuses upload %d", claim.id, claim.upload.id)
+        else:
+            log.debug("ledger: upload %d pending (%s, %d bytes, %s)", claim, kind, size, mime)
+        return claim
 
     async def complete_upload(
         self, pending_id: int, *, imgur_id: str, link: str, deletehash: str
@@ -1015,11 +1071,7 @@ class Ledger:
         digest = _normal_sha256(sha256)
 
         def work(db: sqlite3.Connection) -> Upload | None:
-            row = _fetchone(
-                db,
-                _SELECT_UPLOAD + "WHERE u.sha256 = ? AND u.state = 'done' AND u.duplicate = 0",
-                (digest,),
-            )
+            row = _fetchone(db, _SELECT_LIVE, (digest,))
             return _upload_from(row) if row is not None else None
 
         return await self._read("find live upload", work)

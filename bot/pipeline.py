@@ -99,18 +99,25 @@ class Pipeline:
             )
         try:
             async with self._one_at_a_time(spooled.sha256):
-                earlier = await self.ledger.find_live_upload(spooled.sha256)
-                if earlier is not None:
-                    rehost = await self.ledger.record_reuse(earlier.id, origin)
+                # One round trip: a live upload of these bytes is reused, or a new one is put
+                # on record (pending) before it queues for Imgur, so a crash leaves a trace.
+                claim = await self.ledger.reuse_or_begin_upload(
+                    sha256=spooled.sha256,
+                    size=spooled.size,
+                    mime=spooled.mime,
+                    kind=spooled.kind.value,
+                    origin=origin,
+                )
+                if isinstance(claim, Rehost):
                     log.info(
                         "reused upload %s for %s (%d bytes, %.0f ms)",
-                        earlier.imgur_id,
+                        claim.upload.imgur_id,
                         origin.door,
                         spooled.size,
                         (time.monotonic() - started) * 1000,
                     )
-                    return rehost
-                rehost = await self._upload(spooled, origin, on_progress)
+                    return claim
+                rehost = await self._upload(spooled, claim, origin, on_progress)
         finally:
             await spooled.release()
 
@@ -125,16 +132,13 @@ class Pipeline:
         return rehost
 
     async def _upload(
-        self, spooled: sources.Spool, origin: Origin, on_progress: ProgressCallback | None
+        self,
+        spooled: sources.Spool,
+        pending_id: int,
+        origin: Origin,
+        on_progress: ProgressCallback | None,
     ) -> Rehost:
-        # On record before Imgur is called, so a crash leaves a trace to reconcile.
-        pending_id = await self.ledger.begin_upload(
-            sha256=spooled.sha256,
-            size=spooled.size,
-            mime=spooled.mime,
-            kind=spooled.kind.value,
-            origin=origin,
-        )
+        """Call Imgur for the upload on record as ``pending_id``, and complete the record."""
 
         def report(sent: int) -> None:
             if on_progress is not None:

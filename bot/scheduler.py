@@ -550,16 +550,18 @@ class Scheduler:
 
     async def _wait(self, until: float | None) -> None:
         """Until ``until`` (unix time) or until the queue changes, whichever comes first."""
+        if until is None:
+            # The common case in a burst (every worker busy): no timer, and no task to race.
+            await self._changed.wait()
+            return
+        delay = until - self._clock()
+        if delay <= 0:
+            await asyncio.sleep(0)
+            return
         changed: asyncio.Future[object] = asyncio.ensure_future(self._changed.wait())
         waits = {changed}
-        if until is not None:
-            delay = until - self._clock()
-            if delay <= 0:
-                changed.cancel()
-                await asyncio.sleep(0)
-                return
-            waits.add(asyncio.ensure_future(self._sleep(delay)))
-            log.debug("upload queue waits %.1fs (%d waiting)", delay, self._uploads.count)
+        waits.add(asyncio.ensure_future(self._sleep(delay)))
+        log.debug("upload queue waits %.1fs (%d waiting)", delay, self._uploads.count)
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:

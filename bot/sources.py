@@ -428,6 +428,14 @@ async def spool(
     chunks = source.chunks()
     try:
         async for chunk in chunks:
+            if batched >= BATCH:
+                # A full batch and more to come: hash it while the rest arrives. A source
+                # that ends here is hashed by the last hand-over alone (one, not two, for a
+                # small attachment).
+                if pending is not None:
+                    await pending
+                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
+                batch, batched = [], 0
             batch.append(chunk)
             batched += len(chunk)
             result.size += len(chunk)
@@ -444,11 +452,6 @@ async def spool(
             media.check_size(result.size, limits, result.media_type, so_far=True)
             if on_progress is not None:
                 on_progress("download", result.size, declared)
-            if batched >= BATCH:
-                if pending is not None:
-                    await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
-                batch, batched = [], 0
 
         if result.media_type is None:
             _identify(result, head, limits, declared)

@@ -330,6 +330,46 @@ async def test_reusing_an_upload_deleted_meanwhile_is_refused(ledger: Ledger) ->
     assert len(await ledger.rehosts_of(rehost.upload.id, live_only=False)) == 1
 
 
+async def test_reuse_or_begin_reuses_live_bytes_and_puts_new_ones_on_record(
+    ledger: Ledger,
+) -> None:
+    async def claim(n: str) -> Rehost | int:
+        return await ledger.reuse_or_begin_upload(
+            sha256=digest(n), size=1234, mime="image/png", kind="image", origin=discord_origin()
+        )
+
+    live = await upload(ledger, "live")
+    reused = await claim("live")
+    assert isinstance(reused, Rehost)
+    assert reused.reused
+    assert reused.upload == live.upload
+    assert [r.id for r in await ledger.rehosts_of(live.upload.id, live_only=True)] == [
+        live.id,
+        reused.id,
+    ]
+
+    pending_id = await claim("new")
+    assert isinstance(pending_id, int)
+    assert [u.id for u, _origin in await ledger.pending_uploads()] == [pending_id]
+
+
+async def test_reuse_or_begin_never_reuses_a_deleted_or_failed_upload(ledger: Ledger) -> None:
+    deleted = await upload(ledger, "deleted", sha=digest("same"))
+    await ledger.mark_upload_deleted(deleted.upload.id, by=None, reason="x")
+    failed = await ledger.begin_upload(
+        sha256=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
+    )
+    await ledger.abandon_upload(failed, "refused")
+
+    pending_id = await ledger.reuse_or_begin_upload(
+        sha256=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
+    )
+
+    assert isinstance(pending_id, int)
+    assert pending_id not in (deleted.upload.id, failed)
+    assert len(await ledger.rehosts_of(deleted.upload.id, live_only=False)) == 1
+
+
 async def test_same_bytes_uploaded_twice_at_once_keeps_both_but_offers_one(
     ledger: Ledger,
 ) -> None:
