@@ -9,15 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import re
 import signal
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from bot.errors import NotFound, RehostError
+from bot.imgur import ImageReference
 from bot.ledger import Origin
 from bot.logs import setup_logging
 from bot.services import Services, open_services
@@ -29,7 +28,6 @@ log = logging.getLogger(__name__)
 OK, FAILED, USAGE = 0, 1, 2
 HOLD_BACK_LIMIT = 60.0  # seconds an upload may wait for Imgur's quota before we give up
 MAX_HISTORY = 10_000
-_IMGUR_ID = re.compile(r"[A-Za-z0-9]{1,64}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     upload.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     upload.add_argument("--title", help="title shown on Imgur")
     delete = commands.add_parser("delete", help="delete an upload through its deletehash")
-    delete.add_argument("target", metavar="LINK_OR_ID", type=_delete_target)
+    delete.add_argument("target", metavar="LINK_OR_ID", type=_image_reference)
     history = commands.add_parser("history", help="list recent uploads")
     history.add_argument("--limit", type=_history_limit, default=20, metavar="N")
     commands.add_parser("check", help="validate the settings and show Imgur's quota")
@@ -51,29 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _imgur_id(target: str) -> str:
-    """The Imgur id in a link (``https://i.imgur.com/<id>.png``) or given alone."""
-    path = target.strip()
-    if "://" in path:
-        try:
-            path = urlsplit(path).path  # the host is no id: "https://i.imgur.com/" has none
-        except ValueError:
-            path = ""
-    imgur_id = path.rstrip("/").rsplit("/", 1)[-1].split(".", 1)[0]
-    if not _IMGUR_ID.fullmatch(imgur_id):
-        raise argparse.ArgumentTypeError("expected an Imgur link or id, such as abc1234")
-    return imgur_id
-
-
-def _delete_target(target: str) -> tuple[str, str | None]:
-    """The Imgur id to delete, and the host of the link it came in (None for a bare id)."""
-    host = None
-    if "://" in target:
-        try:
-            host = urlsplit(target.strip()).hostname
-        except ValueError:
-            host = None
-    return _imgur_id(target), host
+def _image_reference(target: str) -> ImageReference:
+    try:
+        return ImageReference.parse(target)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _history_limit(raw: str) -> int:
@@ -142,7 +122,7 @@ async def _dispatch(command: str, args: argparse.Namespace, settings: Settings) 
         if command == "upload":
             return await _upload(services, args.paths, args.title)
         if command == "delete":
-            return await _delete(services, *args.target)
+            return await _delete(services, args.target)
         if command == "history":
             return await _history(services, args.limit)
         return await _check(services)
@@ -233,22 +213,15 @@ def _shown(path: Path | str) -> str:
     return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in str(path))
 
 
-async def _delete(services: Services, imgur_id: str, host: str | None) -> int:
-    upload = await services.ledger.get_upload(imgur_id)
+async def _delete(services: Services, target: ImageReference) -> int:
+    upload = await services.ledger.get_upload(target.imgur_id)
     if upload is None or upload.state != "done":
-        raise NotFound(f"No live upload {imgur_id!r} is on record here.")
-    if host is not None and not _same_site(host, upload.link):
-        # Another site's link that happens to end in a recorded id must not delete that upload.
+        raise NotFound(f"No live upload {target.imgur_id!r} is on record here.")
+    if not target.names(upload.link):
         raise NotFound("That link is not on Imgur; give the Imgur link or id of the upload.")
     await services.pipeline.delete_upload(upload, by=None, reason="deleted from the command line")
     print(f"deleted {upload.link}")
     return OK
-
-
-def _same_site(host: str, link: str | None) -> bool:
-    """Whether a link on ``host`` may name the upload recorded at ``link``."""
-    recorded = urlsplit(link).hostname if link else None
-    return host == recorded or host == "imgur.com" or host.endswith(".imgur.com")
 
 
 async def _history(services: Services, limit: int) -> int:

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields, replace
 from datetime import UTC, datetime
 from typing import Any, Final, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 from aiohttp.abc import AbstractStreamWriter
@@ -73,6 +74,7 @@ _LINK_SUFFIXES: Final = {
 }
 
 _DELETEHASH = re.compile(r"[A-Za-z0-9]{1,64}")
+_IMAGE_ID = re.compile(r"[A-Za-z0-9]{5,64}")  # Imgur's ids have 5 or 7 characters
 _LINK = re.compile(r"https?://[A-Za-z0-9.-]{1,253}(?::\d{1,5})?(?:/[!-~]{0,2000})?")
 _MIME = re.compile(r"[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}/[A-Za-z0-9][A-Za-z0-9!#$&^_.+-]{0,63}")
 _COUNT = re.compile(r"\d{1,15}")
@@ -165,6 +167,48 @@ class ImgurAlbum:
     @property
     def link(self) -> str:
         return f"https://imgur.com/a/{self.id}"
+
+
+@dataclass(frozen=True)
+class ImageReference:
+    """An upload as a person names it: its Imgur id, alone or at the end of a link."""
+
+    imgur_id: str
+    host: str | None = None  # the host of the link it came in; None for a bare id
+
+    @classmethod
+    def parse(cls, text: str) -> ImageReference:
+        """Read ``AbC1234``, ``https://i.imgur.com/AbC1234.png``, ``<…>`` or ``||…||``.
+
+        Raises:
+            ValueError: with a sentence for the person who typed ``text``.
+        """
+        # Discord users wrap links in <…> to hide the preview and in ||…|| as a spoiler.
+        text = text.strip().strip("<>|").strip()
+        host = None
+        if "://" in text:
+            try:
+                parts = urlsplit(text)
+                host = parts.hostname
+            except ValueError as exc:
+                raise ValueError("That is not an Imgur link or id.") from exc
+            if parts.path.startswith("/a/"):
+                raise ValueError("That is an album link; delete the images in it instead.")
+            text = parts.path
+        imgur_id = text.rstrip("/").rpartition("/")[2].partition(".")[0]
+        if not _IMAGE_ID.fullmatch(imgur_id):
+            raise ValueError("That is not an Imgur link or id.")
+        return cls(imgur_id, host)
+
+    def names(self, link: str | None) -> bool:
+        """Whether this may stand for the upload recorded at ``link``.
+
+        A link of another site that merely ends in a recorded id does not.
+        """
+        if self.host is None:
+            return True
+        recorded = urlsplit(link).hostname if link else None
+        return self.host in (recorded, "imgur.com") or self.host.endswith(".imgur.com")
 
 
 @dataclass(frozen=True)

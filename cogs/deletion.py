@@ -7,41 +7,30 @@ in the server. Uploads of other servers are invisible.
 from __future__ import annotations
 
 import logging
-import re
 import time
 from typing import Final
 
 import discord
-import yarl
 from discord import app_commands
 from discord.ext import commands
 
 from bot.discord_bot import RehostBot, UsageError, guild_of_interaction
 from bot.errors import NotFound, NotPermitted, RehostError
+from bot.imgur import ImageReference
 from bot.ledger import Rehost
 from cogs.replies import retract_replies
 
 log = logging.getLogger(__name__)
 
 REASON: Final = "deleted with /imgur-delete"
-_IMGUR_ID: Final = re.compile(r"[A-Za-z0-9]{5,10}")
 
 
-def imgur_id_from(text: str) -> str:
-    """The Imgur id in a link (``https://i.imgur.com/AbC123x.png``) or the id itself."""
-    text = text.strip().strip("<>|").strip()
-    if "://" in text:
-        try:
-            path = yarl.URL(text).path
-        except ValueError as exc:
-            raise UsageError("That is not an Imgur link or id.") from exc
-        if path.startswith("/a/"):
-            raise UsageError("That is an album link; delete the images in it instead.")
-        text = path.rstrip("/").rpartition("/")[2]
-    candidate = text.partition(".")[0]
-    if not _IMGUR_ID.fullmatch(candidate):
-        raise UsageError("That is not an Imgur link or id.")
-    return candidate
+def reference_from(text: str) -> ImageReference:
+    """The upload named in ``text``: an Imgur link or id."""
+    try:
+        return ImageReference.parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def may_delete_any(interaction: discord.Interaction[RehostBot]) -> bool:
@@ -68,7 +57,8 @@ class Deletion(commands.Cog):
     async def imgur_delete(self, interaction: discord.Interaction[RehostBot], upload: str) -> None:
         """Delete an upload from Imgur: your own, or any of this server's with Manage Messages."""
         guild_id = guild_of_interaction(interaction)
-        imgur_id = imgur_id_from(upload)
+        reference = reference_from(upload)
+        imgur_id = reference.imgur_id
         ledger = self.bot.services.ledger
         pipeline = self.bot.services.pipeline
         user_id = interaction.user.id
@@ -76,6 +66,10 @@ class Deletion(commands.Cog):
         async with self.bot.working():
             await interaction.response.defer(ephemeral=True, thinking=True)
             record = await ledger.get_upload(imgur_id)
+            if record is not None and not reference.names(record.link):
+                raise NotFound(
+                    "That link is not on Imgur; give the Imgur link or id of the upload."
+                )
             here: list[Rehost] = []
             if record is not None and record.state == "done":
                 every = await ledger.rehosts_of(record.id, live_only=False)

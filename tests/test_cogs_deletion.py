@@ -11,7 +11,7 @@ from typing import Any
 import discord
 import pytest
 
-from cogs.deletion import imgur_id_from
+from bot.imgur import ImageReference
 from cogs.rehost_menu import MENU_NAME
 from cogs.replies import REMOVED
 from tests import samples
@@ -36,7 +36,7 @@ async def upload_as(env: DiscordEnv, member: Any, *, seed: int = 1, channel: Any
     """``/imgur`` by ``member``; the Imgur id of the upload."""
     interaction, talk = env.interaction(member, channel)
     await env.invoke("imgur", interaction, image=env.attachment(samples.png(seed=seed)))
-    return imgur_id_from(talk.last.text.split()[0])
+    return ImageReference.parse(talk.last.text.split()[0]).imgur_id
 
 
 async def delete_as(
@@ -118,7 +118,18 @@ async def test_something_that_is_no_imgur_id_is_refused(env: DiscordEnv, target:
     ],
 )
 def test_links_and_ids_name_the_same_upload(text: str, imgur_id: str) -> None:
-    assert imgur_id_from(text) == imgur_id
+    assert ImageReference.parse(text).imgur_id == imgur_id
+
+
+async def test_a_link_of_another_site_never_deletes_the_upload_its_id_names(
+    env: DiscordEnv,
+) -> None:
+    imgur_id = await upload_as(env, env.member)
+
+    text = await delete_as(env, env.member, f"https://example.com/{imgur_id}.png")
+
+    assert text == "That link is not on Imgur; give the Imgur link or id of the upload."
+    assert not env.imgur.images[imgur_id].deleted
 
 
 async def test_the_same_image_used_elsewhere_stays_on_imgur(env: DiscordEnv) -> None:

@@ -19,8 +19,8 @@ import discord
 import pytest
 from discord import app_commands
 
+from bot.imgur import ImageReference
 from bot.ledger import Ledger
-from cogs.deletion import imgur_id_from
 from cogs.rehost_menu import MENU_NAME
 from tests import samples
 from tests.conftest import WebFiles
@@ -105,7 +105,7 @@ async def scene(tmp_path: Path, web_files: WebFiles) -> AsyncIterator[Scene]:
         owner = env.member
         interaction, talk = env.interaction(owner)
         await env.invoke("imgur", interaction, image=env.attachment(samples.png(seed=1)))
-        imgur_id = imgur_id_from(talk.last.text.split()[0])
+        imgur_id = ImageReference.parse(talk.last.text.split()[0]).imgur_id
         upload = await env.ledger.get_upload(imgur_id)
         assert upload is not None
         assert upload.link is not None
