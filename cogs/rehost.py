@@ -15,6 +15,20 @@ from cogs.replies import Progress, link_line, record_reply
 log = logging.getLogger(__name__)
 
 
+def unwrap_link(text: str) -> tuple[str | None, bool]:
+    """A link as typed in Discord, without its ``<…>`` (no preview) and ``||…||`` (spoiler).
+
+    Returns the link (None when nothing is left) and whether it was spoilered.
+    """
+    text = text.strip()
+    spoiler = len(text) > 4 and text.startswith("||") and text.endswith("||")
+    if spoiler:
+        text = text[2:-2].strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1].strip()
+    return text or None, spoiler
+
+
 class RehostCommand(commands.Cog):
     """The ``/imgur`` command."""
 
@@ -35,7 +49,7 @@ class RehostCommand(commands.Cog):
         title: app_commands.Range[str, 1, 128] | None = None,
     ) -> None:
         """Give an image or video a permanent link on Imgur."""
-        url = url.strip() if url else None
+        url, hidden = unwrap_link(url) if url else (None, False)
         if (image is None) == (url is None):
             raise UsageError("Give me an image or a url: one of the two.")
 
@@ -50,7 +64,7 @@ class RehostCommand(commands.Cog):
         else:
             assert url is not None
             source = pipeline.url_source(url)
-            spoiler = False
+            spoiler = hidden
         origin = Origin(
             door="discord",
             guild_id=interaction.guild_id,

@@ -61,6 +61,22 @@ async def test_a_url_is_fetched_and_rehosted(env: DiscordEnv) -> None:
     assert "JPEG image" in talk.last.text
 
 
+@pytest.mark.parametrize(
+    ("typed", "spoiler"), [("<{}>", False), ("||{}||", True), ("|| <{}> ||", True)]
+)
+async def test_a_url_typed_without_preview_or_as_a_spoiler_is_understood(
+    env: DiscordEnv, typed: str, spoiler: bool
+) -> None:
+    url = env.web.serve_bytes("/photo.jpg", samples.jpeg(seed=2), "image/jpeg")
+    interaction, talk = env.interaction()
+
+    await env.invoke("imgur", interaction, url=typed.format(url))
+
+    (stored,) = env.imgur.images.values()
+    link = f"https://i.imgur.com/{stored.id}.jpg"
+    assert talk.last.text.startswith(f"||{link}|| (" if spoiler else f"{link} (")
+
+
 async def test_the_title_goes_to_imgur(env: DiscordEnv) -> None:
     interaction, _ = env.interaction()
 
