@@ -26,6 +26,7 @@ from bot.sources import Fetcher, ProgressCallback, Source, UrlSource
 log = logging.getLogger(__name__)
 
 INTERRUPTED = "interrupted by a restart"
+CUT_OFF = "cut off before Imgur answered"
 
 
 @dataclass
@@ -146,8 +147,10 @@ class Pipeline:
 
         # The turn covers the Imgur call alone: the two commits around it (an fsync each)
         # keep no other upload waiting.
+        calling = False
         try:
             async with self.scheduler.slot(origin):
+                calling = True
                 image = await self.imgur.upload(
                     spooled,
                     video=spooled.kind is MediaKind.VIDEO,
@@ -155,7 +158,14 @@ class Pipeline:
                     on_progress=report,
                 )
         except BaseException as exc:
-            reason = exc.user_message if isinstance(exc, RehostError) else type(exc).__name__
+            if isinstance(exc, RehostError):
+                reason = exc.user_message
+            elif calling and isinstance(exc, asyncio.CancelledError):
+                # Like a kill: Imgur may have stored the file, and its deletehash never came.
+                reason = CUT_OFF
+                log.warning("upload %d was cut off before Imgur answered", pending_id)
+            else:
+                reason = type(exc).__name__
             with contextlib.suppress(LedgerError):
                 await asyncio.shield(self.ledger.abandon_upload(pending_id, reason))
             raise

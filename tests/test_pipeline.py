@@ -1,6 +1,8 @@
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
+import sqlite3
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -8,6 +10,7 @@ import pytest
 
 from bot.imgur import ImgurRejected, ImgurUnavailable
 from bot.ledger import LedgerError, Origin
+from bot.pipeline import CUT_OFF
 from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.sources import SourceError, StreamSource
@@ -297,3 +300,28 @@ async def test_an_upload_waiting_for_its_turn_is_on_record_and_cancelling_closes
         assert done.upload.state == "done"
         assert await services.ledger.count_uploads_since(0) == 1
         assert imgur.upload_calls == 1
+
+
+async def test_an_upload_cut_off_while_imgur_works_is_closed_as_cut_off_not_failed(
+    settings: Settings, imgur: ImgurStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # Imgur stores the file, then answers late; the caller gives up (a second Ctrl-C, say).
+    imgur.fail_next("slow", path="/3/image", delay=5.0)
+    async with open_services(settings) as services:
+        uploading = asyncio.create_task(
+            services.pipeline.rehost(source(samples.png(seed=62)), Origin("cli", requester_id=1))
+        )
+        async with asyncio.timeout(30):
+            while not imgur.images:
+                await asyncio.sleep(0.01)
+
+        uploading.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await uploading
+
+        assert await services.ledger.pending_uploads() == []
+    with contextlib.closing(sqlite3.connect(settings.database_path)) as db:
+        rows = db.execute("SELECT state, fail_reason, sha256 FROM uploads").fetchall()
+    # The bytes' hash stays on record: the copy Imgur may hold can be traced.
+    assert rows == [("failed", CUT_OFF, hashlib.sha256(samples.png(seed=62)).hexdigest())]
+    assert "cut off before Imgur answered" in caplog.text
