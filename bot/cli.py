@@ -225,7 +225,10 @@ async def _delete(services: Services, target: ImageReference) -> int:
 
 
 async def _history(services: Services, limit: int) -> int:
-    for rehost in await services.ledger.recent_rehosts(limit=limit):
+    rehosts = await services.ledger.recent_rehosts(limit=limit)
+    if not rehosts:
+        print("no uploads on record yet", file=sys.stderr)
+    for rehost in rehosts:
         upload = rehost.upload
         when = time.strftime("%Y-%m-%d %H:%M", time.localtime(rehost.created_at))
         state = "deleted" if rehost.deleted_at or upload.state == "deleted" else upload.state

@@ -90,6 +90,14 @@ async def test_the_same_file_twice_calls_imgur_once_and_delete_removes_it(
     assert again.err.startswith("error: No live upload")
 
 
+async def test_history_of_a_fresh_ledger_says_there_is_nothing_yet(
+    cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
+) -> None:
+    result = await run(cli_env, "history", cwd=tmp_path)
+
+    assert (result.code, result.out, result.err) == (0, "", "no uploads on record yet\n")
+
+
 async def test_a_link_of_another_site_never_deletes_the_upload_its_id_names(
     cli_env: dict[str, str], imgur: ImgurStandIn, tmp_path: Path
 ) -> None:
