@@ -23,8 +23,14 @@ MB = 1024 * 1024
 IMGUR_STILL_LIMIT = 20 * MB
 IMGUR_VIDEO_LIMIT = 200 * MB
 # More uploads at once than this only buys 429s from Imgur; a longer queue only waits longer
-# than anyone would.
-UPPER_BOUNDS: Final = {"UPLOAD_WORKERS": 32, "QUEUE_LIMIT": 100_000}
+# than anyone would; a reserve over an application's daily credits would stop auto-rehost for
+# good; an hour between a member's uploads is already more than Imgur's hourly window asks.
+UPPER_BOUNDS: Final = {
+    "UPLOAD_WORKERS": 32,
+    "QUEUE_LIMIT": 100_000,
+    "QUOTA_RESERVE": 12_500,
+    "MEMBER_COOLDOWN_SECONDS": 3600,
+}
 # What Imgur itself takes; a larger limit would only let files through for Imgur to refuse.
 SIZE_CEILINGS: Final = {"MAX_IMAGE_MB": IMGUR_STILL_LIMIT, "MAX_VIDEO_MB": IMGUR_VIDEO_LIMIT}
 
@@ -141,6 +147,9 @@ def _seconds(name: str, raw: str) -> float:
         raise SettingsError(f"{name} must be a finite number of seconds, not {raw!r}.")
     if value < 0:
         raise SettingsError(f"{name} must not be negative, not {raw!r}.")
+    most = UPPER_BOUNDS.get(name)
+    if most is not None and value > most:
+        raise SettingsError(f"{name} may be at most {most}, not {raw!r}.")
     return value
 
 

@@ -44,6 +44,8 @@ def test_missing_discord_token_is_reported_only_when_the_bot_runs() -> None:
         ("UPLOAD_WORKERS", "0", "UPLOAD_WORKERS must be greater than zero"),
         ("UPLOAD_WORKERS", "1000", "UPLOAD_WORKERS may be at most 32"),
         ("QUEUE_LIMIT", "10000000", "QUEUE_LIMIT may be at most 100000"),
+        ("QUOTA_RESERVE", "99999999999999999999", "QUOTA_RESERVE may be at most 12500"),
+        ("MEMBER_COOLDOWN_SECONDS", "1e300", "MEMBER_COOLDOWN_SECONDS may be at most 3600"),
         ("MAX_IMAGE_MB", "50", "MAX_IMAGE_MB may not exceed Imgur's own limit of 20 MB"),
         ("IMGUR_API_URL", "ftp://x", "IMGUR_API_URL must start with http:// or https://"),
         ("DISCORD_GATEWAY_URL", "http://x", "DISCORD_GATEWAY_URL must start with ws://"),
