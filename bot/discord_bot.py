@@ -13,8 +13,8 @@ import logging
 import signal
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Iterable
-from typing import Any, Final
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import Any, Final, TypeVar
 
 import aiohttp
 import discord
@@ -69,12 +69,19 @@ _PERMISSION_NAMES: Final = {
 }
 
 
+T = TypeVar("T")
+
+
 class UsageError(RehostError):
     """The command was used in a way it cannot work (a missing option, a wrong channel)."""
 
 
 class ShuttingDown(RehostError):
     """The bot is stopping and takes no new work."""
+
+
+class MissingGuildPermissions(app_commands.MissingPermissions):
+    """The member lacks a permission server-wide (it may be granted in this channel only)."""
 
 
 def wanted_intents(*, message_content: bool = True) -> discord.Intents:
@@ -131,6 +138,9 @@ def explain(
     if isinstance(cause, RehostError):
         log.info("/%s refused: %s", command, cause.user_message)
         return cause.user_message
+    if isinstance(cause, MissingGuildPermissions):
+        names = _permission_list(cause.missing_permissions)
+        return f"You need the {names} permission server-wide for this."
     if isinstance(cause, app_commands.MissingPermissions):
         return f"You need the {_permission_list(cause.missing_permissions)} permission for this."
     if isinstance(cause, app_commands.BotMissingPermissions):
@@ -157,6 +167,41 @@ def explain(
 def _permission_list(names: Iterable[str]) -> str:
     readable = [_PERMISSION_NAMES.get(n, n.replace("_", " ").title()) for n in names]
     return " and ".join(readable) or "right"
+
+
+def guild_permissions(interaction: discord.Interaction[Any]) -> discord.Permissions:
+    """The member's server-wide permissions (owner and administrators: all); none if unknown.
+
+    ``interaction.permissions`` is what Discord resolved for the channel the command was used
+    in, overwrites included, so Manage Messages granted in one channel shows there. A power
+    over the whole server's uploads must not follow from that.
+    """
+    member = interaction.user
+    if not isinstance(member, discord.Member):
+        return discord.Permissions.none()
+    guild = member.guild
+    if guild.unavailable or guild.default_role is None:
+        # The interaction carries the member's role ids, but what the roles allow comes from
+        # the cached guild: without it (an outage, or not in the guild as a bot) allow nothing.
+        log.warning("cannot check server permissions: guild %s is not available", guild.id)
+        return discord.Permissions.none()
+    return member.guild_permissions
+
+
+def has_guild_permissions(**wanted: bool) -> Callable[[T], T]:
+    """An app-command check like ``has_permissions`` that ignores channel overwrites."""
+    invalid = wanted.keys() - discord.Permissions.VALID_FLAGS.keys()
+    if invalid:
+        raise TypeError(f"unknown permissions: {', '.join(sorted(invalid))}")
+
+    def predicate(interaction: discord.Interaction[Any]) -> bool:
+        held = guild_permissions(interaction)
+        missing = [name for name, value in wanted.items() if getattr(held, name) != value]
+        if missing:
+            raise MissingGuildPermissions(missing)
+        return True
+
+    return app_commands.check(predicate)
 
 
 def guild_of_interaction(interaction: discord.Interaction[Any]) -> int:

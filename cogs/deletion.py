@@ -1,7 +1,8 @@
 """``/imgur-delete``: take an upload off Imgur again.
 
-The owner of an upload may delete it; a member with Manage Messages may delete any upload made
-in the server. Uploads of other servers are invisible.
+The owner of an upload may delete it; a member with Manage Messages server-wide (from a role, not
+a channel's overwrite) may delete any upload made in the server. Uploads of other servers are
+invisible.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, UsageError, guild_of_interaction
+from bot.discord_bot import RehostBot, UsageError, guild_of_interaction, guild_permissions
 from bot.errors import NotFound, NotPermitted, RehostError
 from bot.imgur import ImageReference
 from bot.ledger import Rehost
@@ -34,8 +35,8 @@ def reference_from(text: str) -> ImageReference:
 
 
 def may_delete_any(interaction: discord.Interaction[RehostBot]) -> bool:
-    """Moderators (Manage Messages) may delete any upload made in their server."""
-    return interaction.permissions.manage_messages
+    """Moderators (Manage Messages server-wide) may delete any upload made in their server."""
+    return guild_permissions(interaction).manage_messages
 
 
 def _choice_name(rehost: Rehost) -> str:
@@ -55,7 +56,7 @@ class Deletion(commands.Cog):
     @app_commands.describe(upload="The Imgur link or id; start typing to pick one")
     @app_commands.guild_only()
     async def imgur_delete(self, interaction: discord.Interaction[RehostBot], upload: str) -> None:
-        """Delete an upload from Imgur: your own, or any of this server's with Manage Messages."""
+        """Delete an upload from Imgur: yours, or any here with server-wide Manage Messages."""
         guild_id = guild_of_interaction(interaction)
         reference = reference_from(upload)
         imgur_id = reference.imgur_id
@@ -82,8 +83,8 @@ class Deletion(commands.Cog):
             ]  # fmt: skip
             if not allowed:
                 raise NotPermitted(
-                    "Only the person who posted it, or someone with Manage Messages, "
-                    "may delete this upload."
+                    "Only the person who posted it, or someone with Manage Messages "
+                    "server-wide, may delete this upload."
                 )
 
             live = [r for r in allowed if r.deleted_at is None]

@@ -11,7 +11,12 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, defer_privately, guild_of_interaction
+from bot.discord_bot import (
+    RehostBot,
+    defer_privately,
+    guild_of_interaction,
+    has_guild_permissions,
+)
 from bot.imgur import ImgurError, Quota
 from bot.ledger import Rehost
 from cogs.replies import fit, kind_label, size_label
@@ -110,7 +115,7 @@ class Status(commands.Cog):
     @app_commands.describe(member="Only this member's uploads")
     @app_commands.guild_only()
     @app_commands.default_permissions(manage_messages=True)
-    @app_commands.checks.has_permissions(manage_messages=True)
+    @has_guild_permissions(manage_messages=True)
     async def imgur_history(
         self, interaction: discord.Interaction[RehostBot], member: discord.User | None = None
     ) -> None:

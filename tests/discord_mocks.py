@@ -58,14 +58,29 @@ def http_error(cls: type[discord.HTTPException], status: int, text: str = "") ->
 # --- people and places --------------------------------------------------------------------
 
 
-def make_guild(guild_id: int | None = None) -> Any:
+def make_guild(guild_id: int | None = None, *, roles_known: bool = True) -> Any:
+    """A guild; with ``roles_known=False``, one missing from the bot's cache: no roles known."""
     guild = spec(discord.Guild)
     guild.id = guild_id or snowflake()
     guild.name = "Test Server"
+    guild.unavailable = False
+    everyone = None
+    if roles_known:
+        everyone = spec(discord.Role)
+        everyone.id = guild.id
+        everyone.name = "@everyone"
+    guild.default_role = everyone
     return guild
 
 
-def make_member(guild: Any, *, bot: bool = False, name: str = "member") -> Any:
+def make_member(
+    guild: Any,
+    *,
+    bot: bool = False,
+    name: str = "member",
+    permissions: discord.Permissions | None = None,
+) -> Any:
+    """A member; ``permissions`` are what their roles grant in the whole server."""
     member = spec(discord.Member)
     member.id = snowflake()
     member.bot = bot
@@ -73,6 +88,7 @@ def make_member(guild: Any, *, bot: bool = False, name: str = "member") -> Any:
     member.display_name = name
     member.guild = guild
     member.mention = f"<@{member.id}>"
+    member.guild_permissions = permissions or discord.Permissions.none()
     return member
 
 
@@ -280,6 +296,11 @@ def make_interaction(
     channel: Any | None,
     permissions: discord.Permissions | None = None,
 ) -> tuple[Any, Conversation]:
+    """An interaction by ``user`` in ``channel`` (``None``: a direct message).
+
+    ``permissions`` are the user's permissions in the channel as Discord resolves them,
+    overwrites included; without them, the user's server-wide permissions (no overwrites).
+    """
     interaction = spec(discord.Interaction)
     talk = Conversation()
     interaction.client = bot
@@ -288,6 +309,8 @@ def make_interaction(
     interaction.guild_id = channel.guild.id if channel is not None else None
     interaction.channel = channel
     interaction.channel_id = channel.id if channel is not None else None
+    if permissions is None:
+        permissions = user.guild_permissions if channel is not None else None
     interaction.permissions = permissions or discord.Permissions.none()
     interaction.extras = {}
     interaction.command = None
@@ -422,6 +445,14 @@ class DiscordEnv:
     def ledger(self) -> Ledger:
         return self.services.ledger
 
+    def moderator(self, name: str = "mod") -> Any:
+        """A member whose role grants Manage Messages in the whole server."""
+        return make_member(self.guild, name=name, permissions=self.moderator_permissions)
+
+    def manager(self, name: str = "admin") -> Any:
+        """A member whose role grants Manage Server."""
+        return make_member(self.guild, name=name, permissions=self.manager_permissions)
+
     def command(self, name: str) -> Any:
         return find_command(self.bot, name)
 
@@ -443,6 +474,7 @@ class DiscordEnv:
         *,
         direct: bool = False,
     ) -> tuple[Any, Conversation]:
+        """``permissions``: in this channel only (an overwrite); else the member's own."""
         return make_interaction(
             self.bot,
             self.channels,

@@ -41,11 +41,11 @@ async def enable(env: DiscordEnv, channel: object | None = None) -> None:
 async def test_a_manager_adds_lists_and_removes_a_channel(env: DiscordEnv) -> None:
     option = make_app_channel(env.channel)
 
-    added, added_talk = env.interaction(permissions=env.manager_permissions)
+    added, added_talk = env.interaction(env.manager())
     await env.invoke("imgur-auto add", added, channel=option)
-    listed, listed_talk = env.interaction(permissions=env.manager_permissions)
+    listed, listed_talk = env.interaction(env.manager())
     await env.invoke("imgur-auto list", listed)
-    removed, removed_talk = env.interaction(permissions=env.manager_permissions)
+    removed, removed_talk = env.interaction(env.manager())
     await env.invoke("imgur-auto remove", removed, channel=option)
 
     assert added_talk.last.ephemeral
@@ -58,7 +58,7 @@ async def test_a_manager_adds_lists_and_removes_a_channel(env: DiscordEnv) -> No
 @pytest.mark.parametrize("name", ["imgur-auto add", "imgur-auto remove", "imgur-auto list"])
 async def test_choosing_channels_needs_manage_server(env: DiscordEnv, name: str) -> None:
     await enable(env)
-    interaction, talk = env.interaction(permissions=discord.Permissions(manage_messages=True))
+    interaction, talk = env.interaction(env.moderator())
     options = {} if name.endswith("list") else {"channel": make_app_channel(env.channel)}
 
     await env.invoke(name, interaction, **options)
@@ -77,11 +77,11 @@ def test_the_group_asks_discord_to_show_it_to_managers_only(env: DiscordEnv) -> 
 
 async def test_an_nsfw_channel_is_refused_until_the_server_allows_it(env: DiscordEnv) -> None:
     nsfw = make_channel(env.guild, nsfw=True, name="spicy")
-    refused, refused_talk = env.interaction(permissions=env.manager_permissions)
+    refused, refused_talk = env.interaction(env.manager())
     await env.invoke("imgur-auto add", refused, channel=make_app_channel(nsfw))
 
     await env.ledger.update_guild_settings(env.guild.id, allow_nsfw=True)
-    allowed, allowed_talk = env.interaction(permissions=env.manager_permissions)
+    allowed, allowed_talk = env.interaction(env.manager())
     await env.invoke("imgur-auto add", allowed, channel=make_app_channel(nsfw))
 
     assert refused_talk.last.ephemeral
@@ -91,7 +91,7 @@ async def test_an_nsfw_channel_is_refused_until_the_server_allows_it(env: Discor
 
 
 async def test_a_category_is_refused(env: DiscordEnv) -> None:
-    interaction, talk = env.interaction(permissions=env.manager_permissions)
+    interaction, talk = env.interaction(env.manager())
 
     await env.invoke(
         "imgur-auto add", interaction, channel=make_app_channel(env.channel, category=True)
@@ -104,7 +104,7 @@ async def test_adding_without_the_content_intent_says_where_to_switch_it_on(
     tmp_path: Path, web_files: WebFiles
 ) -> None:
     async with discord_env(tmp_path, web_files, message_content=False) as env:
-        interaction, talk = env.interaction(permissions=env.manager_permissions)
+        interaction, talk = env.interaction(env.manager())
 
         await env.invoke("imgur-auto add", interaction, channel=make_app_channel(env.channel))
 

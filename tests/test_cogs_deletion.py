@@ -78,12 +78,48 @@ async def test_another_member_is_refused_privately(env: DiscordEnv) -> None:
 
 async def test_a_moderator_deletes_any_upload_of_the_server(env: DiscordEnv) -> None:
     imgur_id = await upload_as(env, env.member)
-    mod = make_member(env.guild, name="mod")
 
-    text = await delete_as(env, mod, imgur_id, env.moderator_permissions)
+    text = await delete_as(env, env.moderator(), imgur_id)
 
     assert text.startswith(f"Deleted `{imgur_id}`")
     assert env.imgur.images[imgur_id].deleted
+
+
+async def test_manage_messages_in_one_channel_deletes_no_one_elses_upload(
+    env: DiscordEnv,
+) -> None:
+    # Discord resolves interaction.permissions for the channel the command is used in,
+    # overwrites included; the upload may come from a channel this member cannot even see.
+    imgur_id = await upload_as(env, env.member)
+    channel_mod = make_member(env.guild, name="channel mod")
+
+    text = await delete_as(env, channel_mod, imgur_id, env.moderator_permissions)
+
+    assert text == (
+        "Only the person who posted it, or someone with Manage Messages server-wide, "
+        "may delete this upload."
+    )
+    assert not env.imgur.images[imgur_id].deleted
+    assert len(env.channels.live()) == 1
+
+
+async def test_the_owner_deletes_their_own_upload_whatever_their_permissions(
+    env: DiscordEnv,
+) -> None:
+    unknown = make_channel(make_guild(env.guild.id, roles_known=False))
+    owner = make_member(unknown.guild, name="owner")
+    first = await upload_as(env, owner, seed=1)
+    second = await upload_as(env, owner, seed=2)
+
+    # Manage Messages denied in this channel; then a server whose roles the bot cannot see.
+    denied = await delete_as(env, owner, first, discord.Permissions.none())
+    interaction, talk = env.interaction(owner, unknown)
+    await env.invoke("imgur-delete", interaction, upload=second)
+
+    assert denied.startswith(f"Deleted `{first}`")
+    assert talk.last.text.startswith(f"Deleted `{second}`")
+    assert env.imgur.images[first].deleted
+    assert env.imgur.images[second].deleted
 
 
 async def test_uploads_of_another_server_are_invisible(env: DiscordEnv) -> None:
@@ -91,7 +127,7 @@ async def test_uploads_of_another_server_are_invisible(env: DiscordEnv) -> None:
     stranger = make_member(elsewhere.guild, name="stranger")
     imgur_id = await upload_as(env, stranger, channel=elsewhere)
 
-    text = await delete_as(env, make_member(env.guild), imgur_id, env.moderator_permissions)
+    text = await delete_as(env, env.moderator(), imgur_id)
 
     assert text == f"No live upload `{imgur_id}` from this server is on record."
     assert not env.imgur.images[imgur_id].deleted
@@ -162,13 +198,13 @@ async def test_two_deletions_at_once_delete_once_and_neither_says_it_stays(
     env: DiscordEnv,
 ) -> None:
     imgur_id = await upload_as(env, env.member)
-    mod = make_member(env.guild, name="mod")
+    mod = env.moderator()
     # Imgur answers the first deletion slowly: the second one arrives while it is under way.
     env.imgur.fail_next("slow", path="/3/image", method="DELETE", delay=0.3)
 
     texts = await asyncio.gather(
         delete_as(env, env.member, imgur_id),
-        delete_as(env, mod, imgur_id, env.moderator_permissions),
+        delete_as(env, mod, imgur_id),
     )
 
     assert env.imgur.images[imgur_id].deleted
@@ -214,8 +250,10 @@ async def test_autocomplete_offers_what_the_caller_may_delete(env: DiscordEnv) -
     assert await choices_for(env, env.member, "") == [alices]
     assert await choices_for(env, bob, "") == [bobs]
     assert await choices_for(env, make_member(env.guild), "") == []
-    assert await choices_for(env, bob, "", env.moderator_permissions) == [bobs, alices]
-    assert await choices_for(env, bob, alices[:4], env.moderator_permissions) == [alices]
+    assert await choices_for(env, env.moderator(), "") == [bobs, alices]
+    assert await choices_for(env, env.moderator(), alices[:4]) == [alices]
+    # Manage Messages in this channel only: their own uploads, as any member.
+    assert await choices_for(env, bob, "", env.moderator_permissions) == [bobs]
 
 
 def test_imgur_delete_is_wired_to_its_autocomplete(env: DiscordEnv) -> None:

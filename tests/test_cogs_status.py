@@ -13,7 +13,7 @@ import pytest
 from cogs.status import start_of_day
 from tests import samples
 from tests.conftest import WebFiles
-from tests.discord_mocks import DiscordEnv, discord_env, make_member
+from tests.discord_mocks import DiscordEnv, discord_env, make_channel, make_guild, make_member
 
 
 @pytest.fixture
@@ -72,7 +72,7 @@ async def test_history_lists_the_servers_uploads_for_moderators(env: DiscordEnv)
     bob = make_member(env.guild, name="bob")
     await upload(env, env.member, 1)
     await upload(env, bob, 2)
-    interaction, talk = env.interaction(permissions=env.moderator_permissions)
+    interaction, talk = env.interaction(env.moderator())
 
     await env.invoke("imgur-history", interaction)
 
@@ -90,7 +90,7 @@ async def test_history_filters_by_member(env: DiscordEnv) -> None:
     bob = make_member(env.guild, name="bob")
     await upload(env, env.member, 1)
     await upload(env, bob, 2)
-    interaction, talk = env.interaction(permissions=env.moderator_permissions)
+    interaction, talk = env.interaction(env.moderator())
 
     await env.invoke("imgur-history", interaction, member=bob)
 
@@ -102,7 +102,7 @@ async def test_history_marks_deleted_uploads(env: DiscordEnv) -> None:
     await upload(env, env.member, 1)
     (rehost,) = await env.ledger.recent_rehosts(guild_id=env.guild.id)
     await env.services.pipeline.delete_upload(rehost.upload, by=None, reason="test")
-    interaction, talk = env.interaction(permissions=env.moderator_permissions)
+    interaction, talk = env.interaction(env.moderator())
 
     await env.invoke("imgur-history", interaction)
 
@@ -115,19 +115,59 @@ async def test_history_is_for_moderators_only(env: DiscordEnv) -> None:
 
     await env.invoke("imgur-history", interaction)
 
-    assert talk.last.text == "You need the Manage Messages permission for this."
+    assert talk.last.text == "You need the Manage Messages permission server-wide for this."
     assert talk.last.ephemeral
     command = env.command("imgur-history")
     assert command.default_permissions == discord.Permissions(manage_messages=True)
+
+
+async def test_history_is_refused_to_manage_messages_granted_in_one_channel(
+    env: DiscordEnv,
+) -> None:
+    # An overwrite in one channel makes someone a moderator there, not of the whole server.
+    await upload(env, env.member, 1)
+    channel_mod = make_member(env.guild, name="channel mod")
+    interaction, talk = env.interaction(channel_mod, permissions=env.moderator_permissions)
+
+    await env.invoke("imgur-history", interaction)
+
+    assert [(s.text, s.ephemeral) for s in talk.said] == [
+        ("You need the Manage Messages permission server-wide for this.", True)
+    ]
+
+
+async def test_history_follows_the_role_even_where_an_overwrite_denies_manage_messages(
+    env: DiscordEnv,
+) -> None:
+    await upload(env, env.member, 1)
+    interaction, talk = env.interaction(env.moderator(), permissions=discord.Permissions.none())
+
+    await env.invoke("imgur-history", interaction)
+
+    assert "<https://i.imgur.com/" in talk.last.text
+
+
+async def test_history_is_refused_when_the_servers_roles_are_unknown(
+    env: DiscordEnv, caplog: pytest.LogCaptureFixture
+) -> None:
+    # discord.py builds a guild it has not cached from the interaction alone, without roles.
+    unknown = make_channel(make_guild(env.guild.id, roles_known=False))
+    mod = make_member(unknown.guild, permissions=env.moderator_permissions)
+    interaction, talk = env.interaction(mod, unknown)
+
+    await env.invoke("imgur-history", interaction)
+
+    assert talk.last.text == "You need the Manage Messages permission server-wide for this."
+    assert "cannot check server permissions" in caplog.text
 
 
 # --- /imgur-settings ----------------------------------------------------------------------
 
 
 async def test_a_manager_turns_delete_with_source_off_and_allows_nsfw(env: DiscordEnv) -> None:
-    first, _ = env.interaction(permissions=env.manager_permissions)
+    first, _ = env.interaction(env.manager())
     await env.invoke("imgur-settings delete-with-source", first, enabled=False)
-    second, talk = env.interaction(permissions=env.manager_permissions)
+    second, talk = env.interaction(env.manager())
     await env.invoke("imgur-settings allow-nsfw", second, enabled=True)
 
     settings = await env.ledger.guild_settings(env.guild.id)
@@ -148,7 +188,7 @@ async def test_a_manager_turns_delete_with_source_off_and_allows_nsfw(env: Disco
 async def test_settings_need_manage_server(
     env: DiscordEnv, name: str, options: dict[str, bool]
 ) -> None:
-    interaction, talk = env.interaction(permissions=env.moderator_permissions)
+    interaction, talk = env.interaction(env.moderator())
 
     await env.invoke(name, interaction, **options)
 

@@ -24,10 +24,13 @@ from bot.discord_bot import (
     GENERIC_FAILURE,
     PORTAL_HINT,
     PUBLIC_ANSWER,
+    MissingGuildPermissions,
     RehostBot,
     ShuttingDown,
     answer_privately,
     explain,
+    guild_permissions,
+    has_guild_permissions,
     point_at_discord,
     run_bot,
     wanted_intents,
@@ -115,6 +118,10 @@ async def _callback(interaction: discord.Interaction[Any]) -> None:
             "You need the Manage Messages permission for this.",
         ),
         (
+            MissingGuildPermissions(["manage_messages"]),
+            "You need the Manage Messages permission server-wide for this.",
+        ),
+        (
             app_commands.BotMissingPermissions(["send_messages"]),
             "I need the Send Messages permission here.",
         ),
@@ -171,6 +178,143 @@ async def test_an_error_that_cannot_be_told_is_logged(
     await bot.tree.on_error(interaction, app_commands.CheckFailure())
 
     assert "could not tell the user" in caplog.records[-1].getMessage()
+
+
+# --- server-wide permissions, from the interactions discord.py builds -----------------------
+
+GUILD, OWNER, MODERATORS, MEMBER = 7001, 7002, 7003, 7004
+MANAGE_MESSAGES = 1 << 13
+
+
+def _role(role_id: int, permissions: int, position: int) -> dict[str, Any]:
+    return {
+        "id": str(role_id),
+        "name": f"role {role_id}",
+        "permissions": str(permissions),
+        "position": position,
+        "color": 0,
+        "hoist": False,
+        "managed": False,
+        "mentionable": False,
+    }
+
+
+@pytest.fixture
+def connected(bot: RehostBot) -> RehostBot:
+    """The bot as the gateway left it: logged in, one server cached with its roles."""
+    state = bot._connection
+    me = {"id": "7000", "username": "bot", "discriminator": "0", "avatar": None, "bot": True}
+    state.user = discord.ClientUser(state=state, data=me)  # type: ignore[arg-type]
+    roles = [_role(GUILD, 0, 0), _role(MODERATORS, MANAGE_MESSAGES, 1)]
+    guild = {"id": str(GUILD), "name": "server", "owner_id": str(OWNER), "roles": roles}
+    state._add_guild_from_data(guild)  # type: ignore[arg-type]
+    return bot
+
+
+def slash_interaction(
+    bot: RehostBot,
+    user_id: int,
+    *,
+    roles: tuple[int, ...] = (),
+    in_channel: int = 0,
+    guild_id: int = GUILD,
+    partial_guild: bool = False,
+) -> discord.Interaction[RehostBot]:
+    """A slash command as Discord sends it; ``in_channel``: the permissions it resolved there."""
+    channel = {"id": "7100", "type": 0, "name": "media", "position": 0, "guild_id": str(guild_id)}
+    user = {"id": str(user_id), "username": "someone", "discriminator": "0", "avatar": None}
+    member = {
+        "user": user,
+        "roles": [str(r) for r in roles],
+        "joined_at": None,
+        "permissions": str(in_channel),
+        "deaf": False,
+        "mute": False,
+        "flags": 0,
+    }
+    payload: dict[str, Any] = {
+        "id": "7200",
+        "type": 2,
+        "token": "token",
+        "version": 1,
+        "application_id": "7000",
+        "attachment_size_limit": 10_000_000,
+        "guild_id": str(guild_id),
+        "channel": channel | {"permission_overwrites": []},
+        "member": member,
+        "data": {"id": "7300", "name": "imgur-history", "type": 1},
+    }
+    if partial_guild:  # what Discord adds about the server; discord.py builds a guild from it
+        payload["guild"] = {"id": str(guild_id), "locale": "en-US", "features": []}
+    return discord.Interaction(data=payload, state=bot._connection)  # type: ignore[arg-type]
+
+
+def test_manage_messages_from_an_overwrite_is_no_server_wide_permission(
+    connected: RehostBot,
+) -> None:
+    interaction = slash_interaction(connected, MEMBER, in_channel=MANAGE_MESSAGES)
+
+    assert interaction.permissions.manage_messages
+    assert not guild_permissions(interaction).manage_messages
+
+
+def test_a_role_and_the_servers_owner_give_server_wide_permissions(connected: RehostBot) -> None:
+    moderator = slash_interaction(connected, MEMBER, roles=(MODERATORS,))
+    owner = slash_interaction(connected, OWNER)
+
+    assert guild_permissions(moderator).manage_messages
+    assert guild_permissions(owner) == discord.Permissions.all()
+
+
+@pytest.mark.parametrize("partial_guild", [False, True])
+def test_a_server_the_bot_has_not_cached_grants_nothing(
+    connected: RehostBot, partial_guild: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The member's role ids arrive, but what those roles allow is known only from the cache.
+    interaction = slash_interaction(
+        connected,
+        OWNER,
+        roles=(MODERATORS,),
+        in_channel=MANAGE_MESSAGES,
+        guild_id=GUILD + 100,
+        partial_guild=partial_guild,
+    )
+
+    assert isinstance(interaction.user, discord.Member)
+    assert guild_permissions(interaction) == discord.Permissions.none()
+    assert "cannot check server permissions" in caplog.text
+
+
+def test_a_direct_message_grants_nothing(bot: RehostBot) -> None:
+    interaction, _ = make_interaction(bot)
+    interaction.user = discord.Object(id=1)
+
+    assert guild_permissions(interaction) == discord.Permissions.none()
+
+
+async def test_the_check_refuses_a_channel_grant_with_its_own_sentence(
+    connected: RehostBot,
+) -> None:
+    @has_guild_permissions(manage_messages=True)
+    async def moderate(interaction: discord.Interaction[RehostBot]) -> None:
+        return None
+
+    command = app_commands.Command(name="moderate", description="x", callback=moderate)
+    (check,) = command.checks
+    moderator = slash_interaction(connected, MEMBER, roles=(MODERATORS,))
+    channel_mod = slash_interaction(connected, MEMBER, in_channel=MANAGE_MESSAGES)
+
+    assert check(moderator)
+    with pytest.raises(MissingGuildPermissions) as refused:
+        check(channel_mod)
+    assert explain(channel_mod, refused.value) == (
+        "You need the Manage Messages permission server-wide for this."
+    )
+
+
+def test_the_check_refuses_unknown_permission_names() -> None:
+    with pytest.raises(TypeError, match="manage_everything"):
+        has_guild_permissions(manage_everything=True)
 
 
 # --- answering privately ------------------------------------------------------------------

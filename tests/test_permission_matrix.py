@@ -38,24 +38,26 @@ ALLOWED: Final = "allowed"
 REFUSED: Final = "refused"
 UNSEEN: Final = "unseen"
 
-ACTORS: Final = ("member", "owner", "moderator", "admin", "other guild")
+# "moderator" (mod) holds Manage Messages server-wide, from a role; "channel mod" holds it in the
+# channel the command is used in only, from an overwrite: no power over the whole server.
+ACTORS: Final = ("member", "owner", "moderator", "channel mod", "admin", "other guild")
 
 # fmt: off
 TABLE: Final = {
-    #                                      member   owner    moderator admin    other guild
-    "imgur-delete":                       (REFUSED, ALLOWED, ALLOWED,  REFUSED, REFUSED),
-    "imgur-delete (autocomplete)":        (REFUSED, ALLOWED, ALLOWED,  REFUSED, REFUSED),
-    "imgur-history":                      (REFUSED, REFUSED, ALLOWED,  REFUSED, UNSEEN),
-    "imgur-auto add":                     (REFUSED, REFUSED, REFUSED,  ALLOWED, UNSEEN),
-    "imgur-auto remove":                  (REFUSED, REFUSED, REFUSED,  ALLOWED, UNSEEN),
-    "imgur-auto list":                    (REFUSED, REFUSED, REFUSED,  ALLOWED, UNSEEN),
-    "imgur-settings show":                (REFUSED, REFUSED, REFUSED,  ALLOWED, UNSEEN),
-    "imgur-settings delete-with-source":  (REFUSED, REFUSED, REFUSED,  ALLOWED, UNSEEN),
-    "imgur-settings allow-nsfw":          (REFUSED, REFUSED, REFUSED,  ALLOWED, UNSEEN),
+    #                                     member   owner    mod      chan mod admin    other guild
+    "imgur-delete":                      (REFUSED, ALLOWED, ALLOWED, REFUSED, REFUSED, REFUSED),
+    "imgur-delete (autocomplete)":       (REFUSED, ALLOWED, ALLOWED, REFUSED, REFUSED, REFUSED),
+    "imgur-history":                     (REFUSED, REFUSED, ALLOWED, REFUSED, REFUSED, UNSEEN),
+    "imgur-auto add":                    (REFUSED, REFUSED, REFUSED, REFUSED, ALLOWED, UNSEEN),
+    "imgur-auto remove":                 (REFUSED, REFUSED, REFUSED, REFUSED, ALLOWED, UNSEEN),
+    "imgur-auto list":                   (REFUSED, REFUSED, REFUSED, REFUSED, ALLOWED, UNSEEN),
+    "imgur-settings show":               (REFUSED, REFUSED, REFUSED, REFUSED, ALLOWED, UNSEEN),
+    "imgur-settings delete-with-source": (REFUSED, REFUSED, REFUSED, REFUSED, ALLOWED, UNSEEN),
+    "imgur-settings allow-nsfw":         (REFUSED, REFUSED, REFUSED, REFUSED, ALLOWED, UNSEEN),
     # Bot-wide figures only (quota, counts): nothing of any one server, so everyone may ask.
-    "imgur-status":                       (ALLOWED, ALLOWED, ALLOWED,  ALLOWED, ALLOWED),
-    "imgur":                              (ALLOWED, ALLOWED, ALLOWED,  ALLOWED, ALLOWED),
-    MENU_NAME:                            (ALLOWED, ALLOWED, ALLOWED,  ALLOWED, ALLOWED),
+    "imgur-status":                      (ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+    "imgur":                             (ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED),
+    MENU_NAME:                           (ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED, ALLOWED),
 }
 # fmt: on
 
@@ -70,7 +72,7 @@ CASES: Final = [
 class Actor:
     user: Any
     channel: Any
-    permissions: discord.Permissions
+    permissions: discord.Permissions | None = None  # in this channel only; else the member's
 
 
 @dataclass
@@ -115,11 +117,13 @@ async def scene(tmp_path: Path, web_files: WebFiles) -> AsyncIterator[Scene]:
         elsewhere = make_channel(make_guild(), name="elsewhere")
         everything = discord.Permissions(manage_messages=True, manage_guild=True)
         actors = {
-            "member": Actor(make_member(env.guild), env.channel, discord.Permissions.none()),
-            "owner": Actor(owner, env.channel, discord.Permissions.none()),
-            "moderator": Actor(make_member(env.guild), env.channel, env.moderator_permissions),
-            "admin": Actor(make_member(env.guild), env.channel, env.manager_permissions),
-            "other guild": Actor(make_member(elsewhere.guild), elsewhere, everything),
+            "member": Actor(make_member(env.guild), env.channel),
+            "owner": Actor(owner, env.channel),
+            "moderator": Actor(env.moderator(), env.channel),
+            # Manage Messages granted by this channel's overwrite, not by a role.
+            "channel mod": Actor(make_member(env.guild), env.channel, env.moderator_permissions),
+            "admin": Actor(env.manager(), env.channel),
+            "other guild": Actor(make_member(elsewhere.guild, permissions=everything), elsewhere),
         }
         yield Scene(env, owner, imgur_id, upload.link, make_channel(env.guild, name="art"), actors)
 
@@ -362,7 +366,7 @@ def test_the_matrix_covers_every_command_of_the_bot(scene: Scene) -> None:
 
 
 def test_the_matrix_has_every_actor_for_every_command() -> None:
-    assert len(CASES) == len(TABLE) * len(ACTORS) == 60
+    assert len(CASES) == len(TABLE) * len(ACTORS) == 72
 
 
 # --- on time ------------------------------------------------------------------------------

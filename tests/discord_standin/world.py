@@ -434,6 +434,12 @@ class Guild:
             position=len(self.roles),
         )
         self.roles.append(role)
+        if self.id in self.standin.guilds:
+            # Discord announces a role created in a guild the bot already knows; a bot that
+            # missed it could not tell what a member holding it may do.
+            self.standin._dispatch_world(
+                "GUILD_ROLE_CREATE", {"guild_id": str(self.id), "role": role.to_payload()}
+            )
         return role
 
     def set_bot_permissions(self, permissions: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.discord_standin import Attachment, InteractionHandle, Member, Message
+from tests.discord_standin import Attachment, InteractionHandle, Member, Message, Permission
 from tests.e2e.conftest import Stage
 from tests.e2e.harness import (
     ANSWER_TIMEOUT,
@@ -91,6 +91,27 @@ async def test_a_moderator_or_the_server_owner_deletes_anyones_upload(
     assert image.deleted
     await stage.discord.wait_until(lambda: reply.deleted, ANSWER_TIMEOUT, "the reply to go")
     assert not message.deleted  # the member's own message is theirs
+
+
+async def test_manage_messages_in_one_channel_neither_deletes_nor_reads_the_servers_uploads(
+    stage: Stage, server: Server
+) -> None:
+    image, answer = await uploaded_by(stage, server.alice, server)
+    # An overwrite makes bob a moderator of this channel only; Discord then reports Manage
+    # Messages in the interaction's permissions here, and shows him the moderators' commands.
+    server.media.set_permissions(server.bob, allow=Permission.MANAGE_MESSAGES)
+
+    deletion = await delete(stage, server.bob, server, image.id)
+    history = await answered(
+        await stage.discord.invoke_slash("imgur-history", server.bob, server.media, {})
+    )
+
+    assert deletion.ephemeral
+    assert "someone with Manage Messages server-wide" in said(deletion)
+    assert not image.deleted
+    assert not answer.deleted
+    assert history.ephemeral
+    assert said(history) == "You need the Manage Messages permission server-wide for this."
 
 
 async def test_deleting_one_of_several_links_edits_the_reply(stage: Stage, server: Server) -> None:
