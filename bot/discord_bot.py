@@ -138,11 +138,13 @@ def explain(
     if isinstance(cause, RehostError):
         log.info("/%s refused: %s", command, cause.user_message)
         return cause.user_message
-    if isinstance(cause, MissingGuildPermissions):
-        names = _permission_list(cause.missing_permissions)
-        return f"You need the {names} permission server-wide for this."
     if isinstance(cause, app_commands.MissingPermissions):
-        return f"You need the {_permission_list(cause.missing_permissions)} permission for this."
+        names = _permission_list(cause.missing_permissions)
+        # Manage Server comes from roles alone; the others may be granted in one channel.
+        per_channel = set(cause.missing_permissions) - {"manage_guild"}
+        if isinstance(cause, MissingGuildPermissions) and per_channel:
+            return f"You need the {names} permission server-wide for this."
+        return f"You need the {names} permission for this."
     if isinstance(cause, app_commands.BotMissingPermissions):
         return f"I need the {_permission_list(cause.missing_permissions)} permission here."
     if isinstance(cause, app_commands.NoPrivateMessage):
@@ -195,6 +197,8 @@ def has_guild_permissions(**wanted: bool) -> Callable[[T], T]:
         raise TypeError(f"unknown permissions: {', '.join(sorted(invalid))}")
 
     def predicate(interaction: discord.Interaction[Any]) -> bool:
+        if interaction.guild_id is None:
+            raise app_commands.NoPrivateMessage()
         held = guild_permissions(interaction)
         missing = [name for name, value in wanted.items() if getattr(held, name) != value]
         if missing:

@@ -22,6 +22,7 @@ from bot.discord_bot import (
     answer_privately,
     defer_privately,
     guild_of_interaction,
+    has_guild_permissions,
 )
 from bot.errors import RehostError
 from bot.ledger import Origin, Rehost
@@ -68,7 +69,7 @@ class AutoRehost(commands.Cog):
 
     @auto.command(name="add")
     @app_commands.describe(channel="The channel whose images and videos should be rehosted")
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @has_guild_permissions(manage_guild=True)
     async def add(
         self, interaction: discord.Interaction[RehostBot], channel: app_commands.AppCommandChannel
     ) -> None:
@@ -105,7 +106,7 @@ class AutoRehost(commands.Cog):
 
     @auto.command(name="remove")
     @app_commands.describe(channel="The channel to stop rehosting")
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @has_guild_permissions(manage_guild=True)
     async def remove(
         self, interaction: discord.Interaction[RehostBot], channel: app_commands.AppCommandChannel
     ) -> None:
@@ -121,7 +122,7 @@ class AutoRehost(commands.Cog):
         await answer_privately(interaction, text)
 
     @auto.command(name="list")
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @has_guild_permissions(manage_guild=True)
     async def list_channels(self, interaction: discord.Interaction[RehostBot]) -> None:
         """Show the channels rehosted automatically."""
         guild_id = guild_of_interaction(interaction)

@@ -8,7 +8,13 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from bot.discord_bot import RehostBot, answer_privately, defer_privately, guild_of_interaction
+from bot.discord_bot import (
+    RehostBot,
+    answer_privately,
+    defer_privately,
+    guild_of_interaction,
+    has_guild_permissions,
+)
 from bot.ledger import GuildSettings
 
 log = logging.getLogger(__name__)
@@ -37,7 +43,7 @@ class ServerSettings(commands.Cog):
         self.bot = bot
 
     @settings.command(name="show")
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @has_guild_permissions(manage_guild=True)
     async def show(self, interaction: discord.Interaction[RehostBot]) -> None:
         """Show this server's settings."""
         guild_id = guild_of_interaction(interaction)
@@ -48,7 +54,7 @@ class ServerSettings(commands.Cog):
 
     @settings.command(name="delete-with-source")
     @app_commands.describe(enabled="True: copies go when the message goes. False: keep them.")
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @has_guild_permissions(manage_guild=True)
     async def delete_with_source(
         self, interaction: discord.Interaction[RehostBot], enabled: bool
     ) -> None:
@@ -65,7 +71,7 @@ class ServerSettings(commands.Cog):
     @app_commands.describe(
         enabled="True: auto-rehost NSFW channels too. Imgur bans explicit content."
     )
-    @app_commands.checks.has_permissions(manage_guild=True)
+    @has_guild_permissions(manage_guild=True)
     async def allow_nsfw(self, interaction: discord.Interaction[RehostBot], enabled: bool) -> None:
         """Choose whether channels marked NSFW may be auto-rehosted."""
         guild_id = guild_of_interaction(interaction)
