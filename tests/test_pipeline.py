@@ -285,9 +285,12 @@ async def test_an_upload_waiting_for_its_turn_is_on_record_and_cancelling_closes
         waiting = asyncio.create_task(
             services.pipeline.rehost(source(samples.png(seed=61)), Origin("cli", requester_id=2))
         )
+        # The row is written before the upload queues for its turn, and the ledger may answer
+        # a look-up before the waiter has taken its place: wait for the queue, then read.
         async with asyncio.timeout(30):
-            while len(await services.ledger.pending_uploads()) < 2:
+            while services.pipeline.scheduler.waiting < 1:
                 await asyncio.sleep(0.01)
+        assert len(await services.ledger.pending_uploads()) == 2
         assert services.pipeline.scheduler.waiting == 1
         assert imgur.upload_calls <= 1
 
