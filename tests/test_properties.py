@@ -117,7 +117,7 @@ def test_ending_check_passes_or_raises_a_media_error(kind: MediaType, tail: byte
     assert found is None or (isinstance(found, MediaError) and str(found))
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.lists(st.binary(max_size=3000), max_size=8), st.one_of(st.none(), st.integers(0, 9000)))
 def test_spool_returns_a_spool_or_a_typed_error(chunks: list[bytes], declared: int | None) -> None:
     limits = MediaLimits(image=8000, video=12000)
