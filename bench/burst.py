@@ -4,8 +4,10 @@
 ten attachments (one message per member); guild 1 posts first and guild 10 last, all within
 the same moment, so under first-come-first-served guild 10 would wait behind the 180 uploads
 of the other nine. The bytes are in memory (as an attachment read from Discord is) and reach
-the pipeline as a ``StreamSource``. The settings are the defaults: 4 workers, a queue of 200,
-a 2 s member cooldown, a reserve of 100 credits.
+the pipeline as a ``StreamSource`` of 256 KB pieces, cut once before any clock starts: the
+bare loop is handed its bytes ready too, so neither pays for the benchmark's own copying.
+The settings are the defaults: 4 workers, a queue of 200, a 2 s member cooldown, a reserve of
+100 credits.
 
 In turn with each burst, the same 200 files are pushed by a bare aiohttp loop: 4 workers
 posting multipart bodies from memory, with no hashing, no ledger and no queue. That is the
@@ -34,6 +36,7 @@ PER_GUILD = 20
 PER_MESSAGE = 10
 WORKERS = 4
 RUNS = 3
+PIECE = 256 * 1024  # the chunks a download hands over
 
 
 def attachments() -> list[tuple[int, int, int, bytes]]:
@@ -60,8 +63,12 @@ async def credits_used(url: str) -> int:
     return int(data["data"]["UserLimit"]) - int(data["data"]["UserRemaining"])
 
 
+def in_pieces(data: bytes) -> list[bytes]:
+    return [data[start : start + PIECE] for start in range(0, len(data), PIECE)]
+
+
 async def through_the_pipeline(
-    url: str, posted: list[tuple[int, int, int, bytes]]
+    url: str, posted: list[tuple[int, int, int, bytes]], pieces: list[list[bytes]]
 ) -> dict[str, Any]:
     from bot.ledger import Origin
     from bot.services import open_services
@@ -85,8 +92,8 @@ async def through_the_pipeline(
 
             async def one(index: int, guild: int, member: int, message: int, data: bytes) -> None:
                 async def chunks() -> AsyncIterator[bytes]:
-                    for start in range(0, len(data), 256 * 1024):
-                        yield data[start : start + 256 * 1024]
+                    for piece in pieces[index]:
+                        yield piece
 
                 def progress(stage: str, done: int, total: int | None) -> None:
                     if stage == "upload":
@@ -183,6 +190,7 @@ async def main_async(url: str) -> dict[str, Any]:
     been running has paid that already, so the median is the figure, the first is shown too.
     """
     posted = attachments()
+    pieces = [in_pieces(data) for *_where, data in posted]
     await bare_loop(url, posted)  # Imgur's stand-in and the connections warm up alike
     counted = count_ledger_round_trips()
     bares: list[float] = []
@@ -190,7 +198,7 @@ async def main_async(url: str) -> dict[str, Any]:
     for _ in range(RUNS):
         bares.append(await bare_loop(url, posted))
         before = dict(counted)
-        run = await through_the_pipeline(url, posted)
+        run = await through_the_pipeline(url, posted, pieces)
         run["ledger_round_trips"] = int(counted["round_trips"] - before["round_trips"])
         run["ledger_busy"] = counted["busy"] - before["busy"]
         runs.append(run)
