@@ -4,7 +4,7 @@
 stand-in and prints a table: uploads Imgur accepted, how many of those are on record with
 their deletehash, how many were deleted again, how many are *unconfirmed* (Imgur stored the
 file but the process died before the answer, and with it the deletehash, arrived: the
-ledger keeps the attempt as a failed row with the file's sha256 and size, but nobody can
+ledger keeps the attempt as a failed row with the file's digest and size, but nobody can
 delete that copy), and how many are lost (no trace at all; must be zero).
 
 Rounds:
@@ -29,18 +29,20 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import os
 import signal
 import socket
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from blake3 import blake3
 
 from tests import samples
 from tests.imgur_standin import ImageRecord, ImgurStandIn
@@ -71,7 +73,7 @@ def ledger_rows(path: Path) -> list[dict[str, Any]]:
     with contextlib.closing(sqlite3.connect(path)) as db:
         db.row_factory = sqlite3.Row
         rows = db.execute(
-            "SELECT id, imgur_id, deletehash, state, sha256, size, fail_reason, filename "
+            "SELECT id, imgur_id, deletehash, state, digest, size, fail_reason, filename "
             "FROM uploads ORDER BY id"
         ).fetchall()
     return [dict(row) for row in rows]
@@ -86,8 +88,18 @@ def integrity(path: Path) -> str:
     return verdict if not dangling else f"{verdict}; {len(dangling)} dangling references"
 
 
-def account(images: Iterable[ImageRecord], rows: Sequence[dict[str, Any]]) -> Accounting:
-    """Match Imgur's images to ledger rows: by id and deletehash, else by bytes."""
+def digests_of(files: Iterable[bytes]) -> dict[str, str]:
+    """The ledger's digest (BLAKE3) of each file, by the SHA-256 Imgur's stand-in keeps."""
+    return {hashlib.sha256(data).hexdigest(): blake3(data).hexdigest() for data in files}
+
+
+def account(
+    images: Iterable[ImageRecord], rows: Sequence[dict[str, Any]], digests: Mapping[str, str]
+) -> Accounting:
+    """Match Imgur's images to ledger rows: by id and deletehash, else by bytes.
+
+    ``digests`` translates the stand-in's names for bytes into the ledger's (``digests_of``).
+    """
     by_id = {row["imgur_id"]: row for row in rows if row["imgur_id"] is not None}
     # Rows that never learnt their image: each can explain one image with the same bytes.
     unanswered = [row for row in rows if row["imgur_id"] is None and row["state"] == "failed"]
@@ -102,7 +114,11 @@ def account(images: Iterable[ImageRecord], rows: Sequence[dict[str, Any]]) -> Ac
             result.deleted += 1
         else:
             match = next(
-                (r for r in unanswered if (r["sha256"], r["size"]) == (image.sha256, image.size)),
+                (
+                    r
+                    for r in unanswered
+                    if (r["digest"], r["size"]) == (digests.get(image.sha256), image.size)
+                ),
                 None,
             )
             if match is None:
@@ -224,7 +240,7 @@ async def cli_round(
         pending_after_restart=sum(1 for r in rows if r["state"] == "pending"),
         interrupted=interrupted,
         warned=warned,
-        accounting=account(imgur.images.values(), rows),
+        accounting=account(imgur.images.values(), rows, digests_of(p.read_bytes() for p in paths)),
         stderr=err.decode(),
         stdout=out.decode(),
         restart_stderr=again_err,
@@ -350,7 +366,7 @@ async def http_round(
         pending_after_restart=sum(1 for r in rows if r["state"] == "pending"),
         interrupted=interrupted,
         warned=[],
-        accounting=account(imgur.images.values(), rows),
+        accounting=account(imgur.images.values(), rows, digests_of(p.read_bytes() for p in paths)),
         stderr=stderr,
         answers=answers,
     )

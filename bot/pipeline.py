@@ -99,11 +99,11 @@ class Pipeline:
                 source, self.limits, directory=self._spool_dir, on_progress=on_progress
             )
         try:
-            async with self._one_at_a_time(spooled.sha256):
+            async with self._one_at_a_time(spooled.digest):
                 # One round trip: a live upload of these bytes is reused, or a new one is put
                 # on record (pending) before it queues for Imgur, so a crash leaves a trace.
                 claim = await self.ledger.reuse_or_begin_upload(
-                    sha256=spooled.sha256,
+                    digest=spooled.digest,
                     size=spooled.size,
                     mime=spooled.mime,
                     kind=spooled.kind.value,
@@ -186,9 +186,9 @@ class Pipeline:
             raise
 
     @contextlib.asynccontextmanager
-    async def _one_at_a_time(self, sha256: str) -> AsyncIterator[None]:
+    async def _one_at_a_time(self, digest: str) -> AsyncIterator[None]:
         """Serialise work on the same bytes: one Imgur call for identical posts, one deletion."""
-        entry = self._same_bytes.setdefault(sha256, _SharedLock())
+        entry = self._same_bytes.setdefault(digest, _SharedLock())
         entry.users += 1
         try:
             async with entry.lock:
@@ -196,7 +196,7 @@ class Pipeline:
         finally:
             entry.users -= 1
             if entry.users == 0:
-                del self._same_bytes[sha256]
+                del self._same_bytes[digest]
 
     async def delete_upload(self, upload: Upload, *, by: int | None, reason: str) -> None:
         """Delete ``upload`` from Imgur, then mark it and every rehost of it deleted.
@@ -204,7 +204,7 @@ class Pipeline:
         Raises:
             ImgurError: Imgur could not delete it; the record stays live so it can be retried.
         """
-        async with self._one_at_a_time(upload.sha256):
+        async with self._one_at_a_time(upload.digest):
             await self._delete_upload(upload, by=by, reason=reason)
 
     async def _delete_upload(self, upload: Upload, *, by: int | None, reason: str) -> bool:
@@ -242,7 +242,7 @@ class Pipeline:
 
         for upload_id, upload in {r.upload.id: r.upload for r in rehosts}.items():
             mine = [r.id for r in rehosts if r.upload.id == upload_id]
-            async with self._one_at_a_time(upload.sha256):
+            async with self._one_at_a_time(upload.digest):
                 live = await self.ledger.rehosts_of(upload_id, live_only=True)
                 if any(r.id not in withdrawn for r in live):
                     log.info("upload %s is still used by other rehosts; kept", upload.imgur_id)
@@ -290,7 +290,7 @@ class Pipeline:
         """Settle uploads left pending by a crash; returns them so their askers can be told.
 
         Whether Imgur received such an upload is unknown and its deletehash was never seen,
-        so the record is closed as interrupted; its sha256 and size stay on record. The list
+        so the record is closed as interrupted; its digest and size stay on record. The list
         is also kept in ``interrupted`` for doors that open the services through
         ``open_services``, which runs this at start.
         """

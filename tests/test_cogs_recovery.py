@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -13,6 +12,7 @@ from unittest.mock import patch
 
 import discord
 import pytest
+from blake3 import blake3
 
 from bot.discord_bot import EXTENSIONS
 from bot.ledger import Origin
@@ -113,7 +113,7 @@ async def cut_off(env: DiscordEnv, origin: Origin, data: bytes = b"") -> None:
     """What a crash mid-upload leaves: an upload on record as pending, for ``origin``."""
     data = data or samples.png(seed=99)
     await env.ledger.begin_upload(
-        sha256=hashlib.sha256(data).hexdigest(),
+        digest=blake3(data).hexdigest(),
         size=len(data),
         mime="image/png",
         kind="image",

@@ -7,19 +7,19 @@ figures in docs/RELIABILITY.md); here each runs once and its promises are checke
 - every image Imgur accepted is on record with its deletehash, or deleted from Imgur, or is
   *unconfirmed*: Imgur stored it but the process died before the answer carried the
   deletehash back. Such an image can only come from an upload that was pending at the kill,
-  and the ledger keeps that attempt (closed as interrupted, with its sha256 and size);
+  and the ledger keeps that attempt (closed as interrupted, with its digest and size);
 - nothing is lost without a trace, nothing stays pending after the restart, and no work is
   dropped silently: the restart names each interrupted file, and a second run finishes them.
 """
 
 from __future__ import annotations
 
-import hashlib
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from bench import crash
 from tests.imgur_standin import ImgurStandIn
@@ -33,7 +33,7 @@ async def roomy_imgur() -> AsyncIterator[ImgurStandIn]:
 
 
 def file_hashes(folder: Path) -> set[str]:
-    return {hashlib.sha256(path.read_bytes()).hexdigest() for path in folder.iterdir()}
+    return {blake3(path.read_bytes()).hexdigest() for path in folder.iterdir()}
 
 
 def assert_promises_kept(result: crash.CrashResult) -> None:
@@ -59,7 +59,7 @@ async def test_sigkill_mid_burst_from_the_command_line(
     assert result.interrupted
     assert result.warned == result.interrupted
     rows = crash.ledger_rows(tmp_path / "ledger.sqlite3")
-    done = {row["sha256"] for row in rows if row["state"] == "done"}
+    done = {row["digest"] for row in rows if row["state"] == "done"}
     assert done == file_hashes(tmp_path / "files")
     assert all(row["deletehash"] for row in rows if row["state"] == "done")
 
@@ -116,12 +116,14 @@ def test_accounting_tells_recorded_deleted_unconfirmed_and_lost_apart() -> None:
         return made
 
     rows = [
-        {"imgur_id": "a", "deletehash": "dha", "state": "done", "sha256": "1", "size": 10},
-        {"imgur_id": None, "deletehash": None, "state": "failed", "sha256": "3", "size": 10},
+        {"imgur_id": "a", "deletehash": "dha", "state": "done", "digest": "b1", "size": 10},
+        {"imgur_id": None, "deletehash": None, "state": "failed", "digest": "b3", "size": 10},
     ]
     images = [image("a", "1"), image("b", "2", deleted=True), image("c", "3"), image("d", "4")]
 
-    books = crash.account(images, rows)  # type: ignore[arg-type]
+    digests = {sha: f"b{sha}" for sha in "1234"}  # the stand-in's names -> the ledger's
+
+    books = crash.account(images, rows, digests)  # type: ignore[arg-type]
 
     assert (books.accepted, books.recorded, books.deleted) == (4, 1, 1)
     assert books.unconfirmed == ["c"]

@@ -503,7 +503,7 @@ async def test_after_a_refused_content_intent_a_crash_cut_off_upload_is_still_ow
         ledger = await Ledger.open(settings.database_path)
         try:
             await ledger.begin_upload(
-                sha256="ab" * 32,
+                digest="ab" * 32,
                 size=1000,
                 mime="image/png",
                 kind="image",

@@ -16,14 +16,14 @@ import os
 import random
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from bench.crash import Accounting, account, ledger_rows
+from bench.crash import Accounting, account, digests_of, ledger_rows
 from bot.errors import RehostError
 from bot.imgur import (
     ImgurAuthError,
@@ -93,7 +93,7 @@ FAULTS = [
           why="the connection cut while the file is still going out: sent again"),
     Fault("timeout", "slow", ImgurUnavailable, 1, delay=1.5, unconfirmed=1, read_timeout=0.5,
           why="no answer within the read timeout: Imgur stored it, the bot never learns how "
-              "to delete it, and the attempt stays on record as failed with its sha256"),
+              "to delete it, and the attempt stays on record as failed with its digest"),
     Fault("very-slow-answer", "slow", LINK, 1, delay=0.8,
           why="an answer slower than usual but inside the timeout"),
     Fault("malformed-link", "bad_link", ImgurUnavailable, 1,
@@ -113,14 +113,17 @@ def fast(services: Services) -> Services:
     return services
 
 
-def books(services: Services, imgur: ImgurStandIn) -> Accounting:
-    return account(imgur.images.values(), ledger_rows(services.settings.database_path))
+def books(services: Services, imgur: ImgurStandIn, sent: Sequence[bytes]) -> Accounting:
+    rows = ledger_rows(services.settings.database_path)
+    return account(imgur.images.values(), rows, digests_of(sent))
 
 
 async def assert_books_balance(
-    services: Services, imgur: ImgurStandIn, *, unconfirmed: int = 0
+    services: Services, imgur: ImgurStandIn, *, unconfirmed: int = 0, sent: Sequence[bytes] = ()
 ) -> Accounting:
-    result = books(services, imgur)
+    """Every image on Imgur is on record, deleted again, or (at most ``unconfirmed``) one of
+    the files ``sent`` whose attempt is on record without an answer."""
+    result = books(services, imgur, sent)
     assert await services.ledger.pending_uploads() == []
     assert result.lost == [], "an image on Imgur with no trace in the ledger"
     assert len(result.unconfirmed) <= unconfirmed
@@ -178,7 +181,7 @@ async def test_imgur_fault_ends_in_a_link_or_one_sentence(
     if fault.fault == "slow":
         # Let the late answer go out so the stand-in's record is complete.
         await imgur.wait_for(lambda: all(r.status for r in imgur.uploads()), within=10)
-    result = await assert_books_balance(fast, imgur, unconfirmed=fault.unconfirmed)
+    result = await assert_books_balance(fast, imgur, unconfirmed=fault.unconfirmed, sent=[data])
     assert len(result.unconfirmed) == fault.unconfirmed
 
 

@@ -14,6 +14,7 @@ from functools import partial
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from bot import ledger as ledger_module
 from bot.errors import NotFound, RehostError
@@ -45,7 +46,7 @@ class TickingClock:
 
 
 def digest(n: int | str) -> str:
-    return hashlib.sha256(str(n).encode()).hexdigest()
+    return blake3(str(n).encode()).hexdigest()
 
 
 def discord_origin(**overrides: object) -> Origin:
@@ -73,7 +74,7 @@ async def upload(
 ) -> Rehost:
     """Begin and complete one upload named img<n>."""
     pending_id = await ledger.begin_upload(
-        sha256=sha or digest(n),
+        digest=sha or digest(n),
         size=1234,
         mime="image/png",
         kind="image",
@@ -107,7 +108,7 @@ async def ledger(tmp_path: Path, clock: TickingClock) -> AsyncIterator[Ledger]:
 async def test_upload_goes_pending_then_done_then_reused_then_deleted(ledger: Ledger) -> None:
     origin = discord_origin(title="a cat")
     pending_id = await ledger.begin_upload(
-        sha256=digest(1), size=1234, mime="image/png", kind="image", origin=origin
+        digest=digest(1), size=1234, mime="image/png", kind="image", origin=origin
     )
 
     [(pending, pending_origin)] = await ledger.pending_uploads()
@@ -156,7 +157,7 @@ async def test_upload_goes_pending_then_done_then_reused_then_deleted(ledger: Le
 async def test_records_returned_by_writes_match_what_is_read_back(ledger: Ledger) -> None:
     origin = Origin(door="http", requester_id=BIGGEST_SNOWFLAKE, title="t", auto=True)
     failed = await ledger.begin_upload(
-        sha256=digest(1), size=7, mime="video/mp4", kind="video", origin=origin
+        digest=digest(1), size=7, mime="video/mp4", kind="video", origin=origin
     )
     await ledger.abandon_upload(failed, "timed out")
     first = await ledger.complete_upload(
@@ -192,7 +193,7 @@ async def test_deleting_an_upload_twice_keeps_the_first_record(ledger: Ledger) -
 
 async def test_abandoned_upload_becomes_failed_and_is_never_reused(ledger: Ledger) -> None:
     pending_id = await ledger.begin_upload(
-        sha256=digest(1), size=10, mime="image/gif", kind="animated", origin=discord_origin()
+        digest=digest(1), size=10, mime="image/gif", kind="animated", origin=discord_origin()
     )
 
     await ledger.abandon_upload(pending_id, "Imgur said the file type is invalid")
@@ -220,7 +221,7 @@ async def test_failed_upload_can_still_be_completed_so_its_deletehash_is_kept(
     ledger: Ledger,
 ) -> None:
     pending_id = await ledger.begin_upload(
-        sha256=digest(1), size=10, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(1), size=10, mime="image/png", kind="image", origin=discord_origin()
     )
     await ledger.abandon_upload(pending_id, "timed out")
 
@@ -267,7 +268,7 @@ async def test_unknown_ids_raise_record_not_found(ledger: Ledger) -> None:
 
 async def test_pending_upload_cannot_be_marked_deleted(ledger: Ledger) -> None:
     pending_id = await ledger.begin_upload(
-        sha256=digest(1), size=10, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(1), size=10, mime="image/png", kind="image", origin=discord_origin()
     )
 
     with pytest.raises(RecordStateError):
@@ -283,13 +284,13 @@ async def test_pending_uploads_are_listed_oldest_first_with_whom_they_were_for(
     cli = Origin(door="cli", filename="a.png")
     http = Origin(door="http", requester_id=BIGGEST_SNOWFLAKE, title="t")
     first = await ledger.begin_upload(
-        sha256=digest(1), size=1, mime="image/png", kind="image", origin=cli
+        digest=digest(1), size=1, mime="image/png", kind="image", origin=cli
     )
     done = await ledger.begin_upload(
-        sha256=digest(2), size=2, mime="image/png", kind="image", origin=cli
+        digest=digest(2), size=2, mime="image/png", kind="image", origin=cli
     )
     second = await ledger.begin_upload(
-        sha256=digest(3), size=3, mime="video/mp4", kind="video", origin=http
+        digest=digest(3), size=3, mime="video/mp4", kind="video", origin=http
     )
     await ledger.complete_upload(
         done, imgur_id="d", link="https://i.imgur.com/d.png", deletehash="h"
@@ -305,11 +306,11 @@ async def test_live_upload_lookup_ignores_deleted_failed_and_pending(ledger: Led
     deleted = await upload(ledger, "deleted", sha=digest("same"))
     await ledger.mark_upload_deleted(deleted.upload.id, by=None, reason="x")
     failed = await ledger.begin_upload(
-        sha256=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     await ledger.abandon_upload(failed, "refused")
     await ledger.begin_upload(
-        sha256=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
 
     assert await ledger.find_live_upload(digest("same")) is None
@@ -335,7 +336,7 @@ async def test_reuse_or_begin_reuses_live_bytes_and_puts_new_ones_on_record(
 ) -> None:
     async def claim(n: str) -> Rehost | int:
         return await ledger.reuse_or_begin_upload(
-            sha256=digest(n), size=1234, mime="image/png", kind="image", origin=discord_origin()
+            digest=digest(n), size=1234, mime="image/png", kind="image", origin=discord_origin()
         )
 
     live = await upload(ledger, "live")
@@ -357,12 +358,12 @@ async def test_reuse_or_begin_never_reuses_a_deleted_or_failed_upload(ledger: Le
     deleted = await upload(ledger, "deleted", sha=digest("same"))
     await ledger.mark_upload_deleted(deleted.upload.id, by=None, reason="x")
     failed = await ledger.begin_upload(
-        sha256=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     await ledger.abandon_upload(failed, "refused")
 
     pending_id = await ledger.reuse_or_begin_upload(
-        sha256=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
 
     assert isinstance(pending_id, int)
@@ -375,10 +376,10 @@ async def test_same_bytes_uploaded_twice_at_once_keeps_both_but_offers_one(
 ) -> None:
     origin = discord_origin()
     slower_id = await ledger.begin_upload(
-        sha256=digest("x"), size=1, mime="image/png", kind="image", origin=origin
+        digest=digest("x"), size=1, mime="image/png", kind="image", origin=origin
     )
     faster_id = await ledger.begin_upload(
-        sha256=digest("x"), size=1, mime="image/png", kind="image", origin=origin
+        digest=digest("x"), size=1, mime="image/png", kind="image", origin=origin
     )
     await ledger.complete_upload(faster_id, imgur_id="first", link="l1", deletehash="dh1")
 
@@ -498,10 +499,10 @@ async def test_counts_separate_imgur_uploads_from_reuses(
     await ledger.record_reuse(old.upload.id, discord_origin())
     await ledger.record_reuse(fresh.upload.id, discord_origin())
     await ledger.begin_upload(
-        sha256=digest(3), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(3), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     failed = await ledger.begin_upload(
-        sha256=digest(4), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(4), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     await ledger.abandon_upload(failed, "refused")
     await ledger.mark_upload_deleted(fresh.upload.id, by=None, reason="x")
@@ -677,7 +678,7 @@ async def test_fresh_database_is_created_at_the_latest_schema(tmp_path: Path) ->
         name for (name,) in read_db(path, "SELECT name FROM sqlite_master WHERE type='index'")
     }
     assert {
-        "uploads_live_sha256",
+        "uploads_live_digest",
         "uploads_imgur_id",
         "rehosts_message",
         "rehosts_guild_time",
@@ -708,7 +709,7 @@ async def test_connection_settings_protect_the_records(ledger: Ledger) -> None:
 async def test_imgur_ids_are_unique(ledger: Ledger) -> None:
     await upload(ledger, 1)
     pending_id = await ledger.begin_upload(
-        sha256=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
 
     with pytest.raises(LedgerError) as caught:
@@ -763,6 +764,45 @@ async def test_version_1_database_is_migrated_on_open(tmp_path: Path) -> None:
         assert await migrated.integrity_ok()
 
     assert read_db(path, "PRAGMA user_version") == [(SCHEMA_VERSION,)]
+
+
+async def test_version_2_digests_stay_sha256_and_new_uploads_are_blake3(tmp_path: Path) -> None:
+    path = tmp_path / "v2.sqlite3"
+    data = b"the same bytes, posted before and after the upgrade"
+    old_digest = hashlib.sha256(data).hexdigest()
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        for statement in (*ledger_module.MIGRATIONS[0], *ledger_module.MIGRATIONS[1]):
+            connection.execute(statement)
+        connection.execute(
+            "INSERT INTO uploads (imgur_id, link, deletehash, kind, mime, size, sha256, "
+            "state, created_at, completed_at, door) "
+            "VALUES ('old', 'https://i.imgur.com/old.png', 'dh-old', 'image', 'image/png', ?, "
+            "?, 'done', 1.0, 2.0, 'cli')",
+            (len(data), old_digest),
+        )
+        connection.execute("PRAGMA user_version = 2")
+    finally:
+        connection.close()
+
+    async with await Ledger.open(path) as migrated:
+        old = await migrated.get_upload("old")
+        assert old is not None
+        assert (old.digest, old.deletehash) == (old_digest, "dh-old")
+        # The bytes now go by their BLAKE3 digest, which no SHA-256 row carries: a new post
+        # of them uploads afresh instead of reusing the old copy.
+        claim = await migrated.reuse_or_begin_upload(
+            digest=blake3(data).hexdigest(),
+            size=len(data),
+            mime="image/png",
+            kind="image",
+            origin=Origin(door="cli"),
+        )
+        assert isinstance(claim, int)
+        assert await migrated.integrity_ok()
+
+    rows = read_db(path, "SELECT imgur_id, digest_algorithm FROM uploads ORDER BY id")
+    assert rows == [("old", "sha256"), (None, "blake3")]
 
 
 async def test_database_from_a_newer_bot_is_refused(tmp_path: Path) -> None:
@@ -854,7 +894,7 @@ async def test_locked_database_becomes_a_ledger_error(tmp_path: Path) -> None:
 
             with pytest.raises(LedgerError, match="nothing was published") as caught:
                 await ledger.begin_upload(
-                    sha256=digest(1),
+                    digest=digest(1),
                     size=1,
                     mime="image/png",
                     kind="image",
@@ -881,7 +921,7 @@ async def test_full_disk_becomes_a_ledger_error(ledger: Ledger) -> None:
     async def fill() -> None:
         for n in range(1000):
             await ledger.begin_upload(
-                sha256=digest(n),
+                digest=digest(n),
                 size=1,
                 mime="image/png",
                 kind="image",
@@ -902,7 +942,7 @@ async def test_failures_never_reveal_the_deletehash(
     caplog.set_level(logging.DEBUG)
     first = await upload(ledger, 1)
     pending_id = await ledger.begin_upload(
-        sha256=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
 
     with pytest.raises(LedgerError) as caught:
@@ -938,7 +978,7 @@ async def test_cancelled_caller_does_not_lose_a_completed_upload(tmp_path: Path)
     path = tmp_path / "ledger.sqlite3"
     ledger = await Ledger.open(path)
     pending_id = await ledger.begin_upload(
-        sha256=digest(1), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(1), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     caller = asyncio.create_task(
         ledger.complete_upload(pending_id, imgur_id="kept", link="l", deletehash="dh-kept")
@@ -986,15 +1026,15 @@ async def test_close_waits_for_writes_in_flight(tmp_path: Path) -> None:
 async def test_programming_mistakes_are_not_stored(ledger: Ledger) -> None:
     with pytest.raises(ValueError, match="kind"):
         await ledger.begin_upload(
-            sha256=digest(1), size=1, mime="image/png", kind="gif", origin=discord_origin()
+            digest=digest(1), size=1, mime="image/png", kind="gif", origin=discord_origin()
         )
-    with pytest.raises(ValueError, match="sha256"):
+    with pytest.raises(ValueError, match="digest"):
         await ledger.begin_upload(
-            sha256="abc", size=1, mime="image/png", kind="image", origin=discord_origin()
+            digest="abc", size=1, mime="image/png", kind="image", origin=discord_origin()
         )
     with pytest.raises(ValueError, match="door"):
         await ledger.begin_upload(
-            sha256=digest(1),
+            digest=digest(1),
             size=1,
             mime="image/png",
             kind="image",
@@ -1093,7 +1133,7 @@ async def test_writes_waiting_together_share_one_commit(tmp_path: Path) -> None:
 async def test_one_failing_write_in_a_group_is_undone_alone(ledger: Ledger) -> None:
     await upload(ledger, 1)
     clashing = await ledger.begin_upload(
-        sha256=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
+        digest=digest(2), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     statements = await record_statements(ledger)
     async with writes_held_back(ledger):
@@ -1103,7 +1143,7 @@ async def test_one_failing_write_in_a_group_is_undone_alone(ledger: Ledger) -> N
         )
         after = asyncio.create_task(
             ledger.begin_upload(
-                sha256=digest(3), size=1, mime="image/png", kind="image", origin=discord_origin()
+                digest=digest(3), size=1, mime="image/png", kind="image", origin=discord_origin()
             )
         )
         missing = asyncio.create_task(ledger.abandon_upload(999, "x"))
@@ -1133,7 +1173,7 @@ async def test_full_disk_fails_only_the_write_that_did_not_fit(ledger: Ledger) -
     def begin(n: int, title: str) -> asyncio.Task[int]:
         return asyncio.create_task(
             ledger.begin_upload(
-                sha256=digest(n),
+                digest=digest(n),
                 size=1,
                 mime="image/png",
                 kind="image",
@@ -1179,7 +1219,7 @@ async def test_writes_before_one_that_ends_the_transaction_are_run_again(
 async def test_id_beyond_64_bits_is_refused_not_truncated(ledger: Ledger) -> None:
     with pytest.raises(LedgerError):
         await ledger.begin_upload(
-            sha256=digest(1),
+            digest=digest(1),
             size=1,
             mime="image/png",
             kind="image",

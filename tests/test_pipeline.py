@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from blake3 import blake3
 
 from bot.imgur import ImgurRejected, ImgurUnavailable
 from bot.ledger import LedgerError, Origin
@@ -42,7 +43,8 @@ async def test_rehost_uploads_and_records_the_deletehash(
     assert rehost.upload.state == "done"
     assert rehost.upload.deletehash == image.deletehash
     assert rehost.upload.link == f"https://i.imgur.com/{image.id}.png"
-    assert rehost.upload.sha256 == hashlib.sha256(data).hexdigest() == image.sha256
+    assert rehost.upload.digest == blake3(data).hexdigest()
+    assert image.sha256 == hashlib.sha256(data).hexdigest()
     assert image.title == "cat"
     assert image.encoding == "multipart"
     assert image.file_field == "image"
@@ -131,7 +133,7 @@ async def test_a_refused_upload_leaves_no_live_record(
     with pytest.raises(ImgurRejected):
         await services.pipeline.rehost(source(data), CLI)
 
-    assert await services.ledger.find_live_upload(hashlib.sha256(data).hexdigest()) is None
+    assert await services.ledger.find_live_upload(blake3(data).hexdigest()) is None
     assert await services.ledger.pending_uploads() == []
     assert imgur.images == {}
 
@@ -220,7 +222,7 @@ async def test_reconcile_closes_uploads_a_crash_left_pending(
     services: Services, tmp_path: Path
 ) -> None:
     await services.ledger.begin_upload(
-        sha256="ab" * 32, size=10, mime="image/png", kind="image", origin=CLI
+        digest="ab" * 32, size=10, mime="image/png", kind="image", origin=CLI
     )
 
     interrupted = await services.pipeline.reconcile()
@@ -254,7 +256,7 @@ async def test_uploads_another_process_has_in_flight_are_not_taken_for_interrupt
 ) -> None:
     # `services` plays the running bot; a second opening plays the command line beside it.
     pending = await services.ledger.begin_upload(
-        sha256="cd" * 32, size=10, mime="image/png", kind="image", origin=CLI
+        digest="cd" * 32, size=10, mime="image/png", kind="image", origin=CLI
     )
 
     async with open_services(settings) as beside:
@@ -265,7 +267,7 @@ async def test_uploads_another_process_has_in_flight_are_not_taken_for_interrupt
 async def test_the_next_process_alone_with_the_ledger_reconciles(settings: Settings) -> None:
     async with open_services(settings) as crashed:
         await crashed.ledger.begin_upload(
-            sha256="ef" * 32, size=10, mime="image/png", kind="image", origin=CLI
+            digest="ef" * 32, size=10, mime="image/png", kind="image", origin=CLI
         )
 
     async with open_services(settings) as restarted:
@@ -324,7 +326,7 @@ async def test_an_upload_cut_off_while_imgur_works_is_closed_as_cut_off_not_fail
 
         assert await services.ledger.pending_uploads() == []
     with contextlib.closing(sqlite3.connect(settings.database_path)) as db:
-        rows = db.execute("SELECT state, fail_reason, sha256 FROM uploads").fetchall()
+        rows = db.execute("SELECT state, fail_reason, digest FROM uploads").fetchall()
     # The bytes' hash stays on record: the copy Imgur may hold can be traced.
-    assert rows == [("failed", CUT_OFF, hashlib.sha256(samples.png(seed=62)).hexdigest())]
+    assert rows == [("failed", CUT_OFF, blake3(samples.png(seed=62)).hexdigest())]
     assert "cut off before Imgur answered" in caplog.text

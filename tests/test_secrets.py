@@ -260,7 +260,7 @@ async def test_values_never_appear_in_the_statements_the_ledger_runs(
     values = HOSTILE_TEXT + [
         value
         for rehost in rehosts
-        for value in (rehost.upload.deletehash, rehost.upload.sha256, rehost.upload.link)
+        for value in (rehost.upload.deletehash, rehost.upload.digest, rehost.upload.link)
         if value
     ]
     assert statements
@@ -355,7 +355,7 @@ async def test_the_ledger_never_logs_a_deletehash_at_debug(
     deletehash = "Dh5ecretDeletehash01"
     async with await Ledger.open(tmp_path / "ledger.sqlite3") as ledger:
         pending = await ledger.begin_upload(
-            sha256="ab" * 32, size=3, mime="image/png", kind="image", origin=Origin(door="cli")
+            digest="ab" * 32, size=3, mime="image/png", kind="image", origin=Origin(door="cli")
         )
         await ledger.complete_upload(
             pending, imgur_id="AbC1234", link="https://i.imgur.com/AbC1234.png",

@@ -1,5 +1,4 @@
 import asyncio
-import hashlib
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -7,6 +6,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 from aiohttp import web
+from blake3 import blake3
 from yarl import URL
 
 from bot import media, sources
@@ -40,7 +40,7 @@ async def test_spool_hashes_and_keeps_a_small_file_in_memory() -> None:
 
     spooled = await sources.spool(StreamSource(stream_of(data), "photo.PNG"), LIMITS)
 
-    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert spooled.digest == blake3(data).hexdigest()
     assert spooled.size == len(data)
     assert spooled.mime == "image/png"
     assert spooled.filename == "photo.png"
@@ -73,7 +73,7 @@ async def test_spool_moves_a_large_file_to_disk_and_removes_it_on_close(tmp_path
     with spooled.open() as first, spooled.open() as second:
         assert first.read() == data
         assert second.read(8) == data[:8]
-    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert spooled.digest == blake3(data).hexdigest()
     spooled.close()
     assert not list(tmp_path.iterdir())
 
@@ -178,7 +178,7 @@ async def test_a_pipe_with_a_writer_is_read_as_a_file() -> None:
     finally:
         os.close(read_end)
 
-    assert spooled.sha256 == hashlib.sha256(data).hexdigest()
+    assert spooled.digest == blake3(data).hexdigest()
     spooled.close()
 
 

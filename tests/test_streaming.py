@@ -8,9 +8,10 @@ import threading
 import tracemalloc
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 import pytest
+from blake3 import blake3
 
 from bench.files import write_animated_gif
 from bot import sources
@@ -23,6 +24,12 @@ from tests.imgur_standin import ImgurStandIn
 
 MB = 1024 * 1024
 ORIGIN = Origin(door="cli", filename="big.gif")
+
+
+class Hash(Protocol):
+    def update(self, data: bytes, /) -> object: ...
+
+    def hexdigest(self) -> str: ...
 
 
 @pytest.fixture
@@ -57,7 +64,8 @@ async def test_a_large_file_goes_to_imgur_without_being_held_whole(
     assert request.bytes_received == 48 * MB
     assert int(request.headers["Content-Length"]) <= 48 * MB * 1.001
     stored = imgur.images[rehost.upload.imgur_id or ""]
-    assert stored.sha256 == rehost.upload.sha256 == _sha256_of(big_gif)
+    assert stored.sha256 == _digest_of(big_gif, hashlib.sha256())
+    assert rehost.upload.digest == _digest_of(big_gif, blake3())
 
 
 @pytest.mark.usefixtures("traced")
@@ -111,12 +119,12 @@ async def test_the_spool_hashes_in_the_same_pass_and_keeps_large_files_on_disk(
 ) -> None:
     spooled = await sources.spool(FileSource(big_gif), MediaLimits(), directory=tmp_path)
     try:
-        assert spooled.sha256 == _sha256_of(big_gif)
+        assert spooled.digest == _digest_of(big_gif, blake3())
         assert spooled.size == 48 * MB
         on_disk = [p for p in tmp_path.iterdir() if p.name.startswith("rehost-")]
         assert len(on_disk) == 1
         with spooled.open() as reader:
-            assert hashlib.sha256(reader.read()).hexdigest() == spooled.sha256
+            assert blake3(reader.read()).hexdigest() == spooled.digest
     finally:
         spooled.close()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("rehost-")]
@@ -140,8 +148,7 @@ class _WatchedReader:
         return getattr(self._inner, name)
 
 
-def _sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
+def _digest_of(path: Path, digest: Hash) -> str:
     with path.open("rb") as handle:
         while chunk := handle.read(MB):
             digest.update(chunk)
