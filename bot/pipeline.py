@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -50,6 +51,7 @@ class Pipeline:
         limits: MediaLimits,
         discord_fetcher: Fetcher | None = None,
         spool_dir: Path | None = None,
+        spool_executor: Executor | None = None,
     ) -> None:
         self.imgur = imgur
         self.ledger = ledger
@@ -60,6 +62,7 @@ class Pipeline:
         self.scheduler = scheduler
         self.limits = limits
         self._spool_dir = spool_dir
+        self._spool_executor = spool_executor
         self._same_bytes: dict[str, _SharedLock] = {}
         # What the last reconcile() closed, so a door can tell whoever asked (see reconcile).
         self.interrupted: list[tuple[Upload, Origin]] = []
@@ -96,7 +99,11 @@ class Pipeline:
         # the guild that posted last does not wait behind everyone else's downloads.
         async with self.scheduler.admit(origin):
             spooled = await sources.spool(
-                source, self.limits, directory=self._spool_dir, on_progress=on_progress
+                source,
+                self.limits,
+                directory=self._spool_dir,
+                on_progress=on_progress,
+                executor=self._spool_executor,
             )
         try:
             async with self._one_at_a_time(spooled.digest):

@@ -8,6 +8,7 @@ import fcntl
 import ipaddress
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Final
@@ -77,6 +78,10 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             quota=QuotaKeeper(imgur, reserve=settings.quota_reserve),
         )
         stack.push_async_callback(scheduler.close)
+        # One thread hashes and writes every spool: it keeps up with any download, and a
+        # single thread competes least with the event loop for the GIL (bench.burst).
+        spool_executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="spool")
+        stack.push_async_callback(asyncio.to_thread, spool_executor.shutdown)
         pipeline = Pipeline(
             imgur=imgur,
             ledger=ledger,
@@ -84,6 +89,7 @@ async def open_services(settings: Settings) -> AsyncIterator[Services]:
             scheduler=scheduler,
             limits=MediaLimits(image=settings.max_image_bytes, video=settings.max_video_bytes),
             discord_fetcher=discord_fetcher,
+            spool_executor=spool_executor,
         )
         if alone:
             await pipeline.reconcile()

@@ -13,7 +13,9 @@ import socket
 import tempfile
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, Final, Protocol
 
@@ -312,15 +314,19 @@ class Spool:
     """Bytes received once, hashed on the way in, and readable again for every upload attempt.
 
     Small files stay in memory; larger ones go to a temporary file that is removed on close.
-    It satisfies ``bot.imgur.UploadBody``.
+    Its blocking work runs on ``executor`` (None: the event loop's default executor). It
+    satisfies ``bot.imgur.UploadBody``.
     """
 
-    def __init__(self, filename: str, directory: Path | None = None) -> None:
+    def __init__(
+        self, filename: str, directory: Path | None = None, executor: Executor | None = None
+    ) -> None:
         self.filename = filename
         self.mime = "application/octet-stream"
         self.size = 0
         self.media_type: MediaType | None = None
         self._directory = directory
+        self._executor = executor
         # BLAKE3, not SHA-256: it tells the same bytes apart as surely and hashes a few times
         # faster (bench/), and the spool hashes every byte of every upload.
         self._hash = blake3()
@@ -368,12 +374,16 @@ class Spool:
         else:
             self._file.write(data)
 
+    async def run(self, work: Callable[[], None]) -> None:
+        """Run blocking ``work`` on the spool's executor."""
+        await asyncio.get_running_loop().run_in_executor(self._executor, work)
+
     async def release(self) -> None:
         """``close``, in a worker thread when there is a file to remove."""
         if self._path is None:
             self.close()
         else:
-            await asyncio.to_thread(self.close)
+            await self.run(self.close)
 
     def absorb_all(self, chunks: list[bytes]) -> None:
         """``absorb`` each chunk in turn; blocking."""
@@ -406,12 +416,13 @@ async def spool(
     *,
     directory: Path | None = None,
     on_progress: ProgressCallback | None = None,
+    executor: Executor | None = None,
 ) -> Spool:
     """Read ``source`` once: sniff its type, enforce the limits, hash it, keep it for upload.
 
     The type is judged from the first bytes, so a file that is not media is refused before the
     rest is downloaded; the size is checked before reading when announced, and while reading
-    in any case.
+    in any case. Hashing and writing run on ``executor`` (None: the default executor).
 
     Raises:
         MediaError: not media, too large, empty or cut short.
@@ -420,7 +431,7 @@ async def spool(
     declared = source.declared_size
     if declared is not None:
         media.check_size(declared, limits)
-    result = Spool(source.filename, directory)
+    result = Spool(source.filename, directory, executor)
     pending: asyncio.Future[None] | None = None
     # Chunks go to a worker thread as they came, to be hashed and written there: the event
     # loop never copies the bytes (copying megabytes on the loop stalled it for milliseconds).
@@ -437,7 +448,7 @@ async def spool(
                 # small attachment).
                 if pending is not None:
                     await pending
-                pending = asyncio.ensure_future(asyncio.to_thread(result.absorb_all, batch))
+                pending = asyncio.ensure_future(result.run(partial(result.absorb_all, batch)))
                 batch, batched = [], 0
             batch.append(chunk)
             batched += len(chunk)
@@ -460,7 +471,7 @@ async def spool(
             _identify(result, head, limits, declared)
         if pending is not None:
             await pending
-        await asyncio.to_thread(_finish, result, batch)
+        await result.run(partial(_finish, result, batch))
     except BaseException:
         # A source refused part way (too large, not media) is closed now, not whenever the
         # garbage collector finalizes its generator: by then the loop, or the test, is gone.
