@@ -3,6 +3,7 @@ pass, never whole in memory, and the blocking work (hashing, file I/O) off the e
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 import tracemalloc
@@ -20,6 +21,7 @@ from bot.media import MediaLimits
 from bot.services import Services, open_services
 from bot.settings import Settings
 from bot.sources import FileSource, Spool, StreamSource
+from tests import samples
 from tests.imgur_standin import ImgurStandIn
 
 MB = 1024 * 1024
@@ -112,6 +114,33 @@ async def test_hashing_and_file_io_run_off_the_event_loop(
     assert loop_thread not in absorbing
     assert reading
     assert loop_thread not in reading
+
+
+async def test_every_spool_hashes_on_the_one_spool_thread(
+    services: Services, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Several hashing threads would fight the event loop for the GIL (bench/burst.py).
+    absorbing: set[str] = set()
+    absorb = Spool.absorb
+
+    def watched_absorb(self: Spool, data: bytes) -> None:
+        absorbing.add(threading.current_thread().name)
+        absorb(self, data)
+
+    monkeypatch.setattr(Spool, "absorb", watched_absorb)
+
+    async def arriving(seed: int) -> AsyncIterator[bytes]:
+        yield samples.png(seed=seed)
+
+    await asyncio.gather(
+        *(
+            services.pipeline.rehost(StreamSource(arriving(seed), f"{seed}.png"), ORIGIN)
+            for seed in range(6)
+        )
+    )
+
+    [thread] = absorbing
+    assert thread.startswith("spool")
 
 
 async def test_the_spool_hashes_in_the_same_pass_and_keeps_large_files_on_disk(
