@@ -206,6 +206,8 @@ async def main_async(url: str) -> dict[str, Any]:
     result = sorted(runs, key=lambda run: float(run["total"]))[RUNS // 2]
     result["first_total"] = runs[0]["total"]
     result["bare"] = statistics.median(bares)
+    result["totals"] = [run["total"] for run in runs]
+    result["bares"] = bares
     result["runs"] = RUNS
     return result
 
