@@ -943,8 +943,9 @@ class Ledger:
     ) -> Rehost | int:
         """Reuse the live upload of these bytes, or put a new one on record as pending.
 
-        One transaction, one round trip: the same as :meth:`find_live_upload` followed by
-        :meth:`record_reuse` or :meth:`begin_upload`, with nothing able to come in between.
+        One transaction, one round trip: the lookup of :meth:`find_live_upload`, then a reuse
+        rehost or the pending row of :meth:`begin_upload`, with nothing able to come in between.
+        This is the only way a reuse is recorded.
 
         Returns:
             The rehost recorded as a reuse, or the row id of the pending upload for which
@@ -1093,30 +1094,6 @@ class Ledger:
             return _upload_from(row) if row is not None else None
 
         return await self._read("find live upload", work)
-
-    async def record_reuse(self, upload_id: int, origin: Origin) -> Rehost:
-        """Record a rehost that reuses a live upload instead of calling Imgur.
-
-        Raises:
-            RecordNotFound: no upload with that id.
-            RecordStateError: the upload is no longer live (deleted meanwhile): upload afresh.
-        """
-        values = _origin_values(origin)
-        now = self._now()
-
-        def work(db: sqlite3.Connection) -> Rehost:
-            row = _fetchone(db, _SELECT_UPLOAD + "WHERE u.id = ?", (upload_id,))
-            if row is None:
-                raise RecordNotFound("That upload is not in the ledger.")
-            if row["u_state"] != "done":
-                raise RecordStateError("That upload is no longer available to reuse.")
-
-            rehost_id = _insert(db, _INSERT_REHOST, (upload_id, 1, now, *values))
-            return _new_rehost(rehost_id, _upload_from(row), origin, reused=True, created_at=now)
-
-        rehost = await self._write("record reuse", work)
-        log.info("ledger: rehost %d reuses upload %d", rehost.id, upload_id)
-        return rehost
 
     # --- reading ----------------------------------------------------------------------------
 

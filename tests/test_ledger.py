@@ -88,6 +88,19 @@ async def upload(
     )
 
 
+async def reuse(ledger: Ledger, of: Rehost, origin: Origin) -> Rehost:
+    """Post the bytes of ``of`` again: the ledger answers with a reuse of its upload."""
+    claim = await ledger.reuse_or_begin_upload(
+        digest=of.upload.digest,
+        size=of.upload.size,
+        mime=of.upload.mime,
+        kind=of.upload.kind,
+        origin=origin,
+    )
+    assert isinstance(claim, Rehost)
+    return claim
+
+
 @pytest.fixture
 def clock() -> TickingClock:
     return TickingClock()
@@ -134,7 +147,7 @@ async def test_upload_goes_pending_then_done_then_reused_then_deleted(ledger: Le
     assert live.id == pending_id
     assert await ledger.get_upload("abc") == live
 
-    second = await ledger.record_reuse(live.id, discord_origin(message_id=301, requester_id=61))
+    second = await reuse(ledger, first, discord_origin(message_id=301, requester_id=61))
     assert second.reused is True
     assert second.upload.id == live.id
     assert second.origin.message_id == 301
@@ -163,7 +176,7 @@ async def test_records_returned_by_writes_match_what_is_read_back(ledger: Ledger
     first = await ledger.complete_upload(
         failed, imgur_id="late", link="https://i.imgur.com/late.mp4", deletehash="dh"
     )
-    reuse = await ledger.record_reuse(first.upload.id, discord_origin(filename=None))
+    reused = await reuse(ledger, first, discord_origin(filename=None))
     album = await ledger.record_album(
         imgur_id="alb",
         link="https://imgur.com/a/alb",
@@ -173,7 +186,7 @@ async def test_records_returned_by_writes_match_what_is_read_back(ledger: Ledger
     )
 
     assert await ledger.get_rehost(first.id) == first
-    assert await ledger.get_rehost(reuse.id) == reuse
+    assert await ledger.get_rehost(reused.id) == reused
     assert await ledger.albums_for_messages([55]) == [album]
     assert [u.id for u in await ledger.album_uploads(album.id)] == [first.upload.id] * 2
     assert first.origin == origin
@@ -202,8 +215,6 @@ async def test_abandoned_upload_becomes_failed_and_is_never_reused(ledger: Ledge
     assert await ledger.pending_uploads() == []
     assert await ledger.find_live_upload(digest(1)) is None
     assert await ledger.count_uploads_since(0) == 0
-    with pytest.raises(RecordStateError):
-        await ledger.record_reuse(pending_id, discord_origin())
 
 
 async def test_completed_upload_cannot_be_abandoned(ledger: Ledger) -> None:
@@ -255,8 +266,6 @@ async def test_unknown_ids_raise_record_not_found(ledger: Ledger) -> None:
         await ledger.complete_upload(999, imgur_id="a", link="b", deletehash="c")
     with pytest.raises(RecordNotFound):
         await ledger.abandon_upload(999, "x")
-    with pytest.raises(RecordNotFound):
-        await ledger.record_reuse(999, discord_origin())
     with pytest.raises(NotFound):
         await ledger.mark_upload_deleted(999, by=None, reason="x")
     with pytest.raises(RecordNotFound):
@@ -302,35 +311,6 @@ async def test_pending_uploads_are_listed_oldest_first_with_whom_they_were_for(
     assert pending[1][0].kind == "video"
 
 
-async def test_live_upload_lookup_ignores_deleted_failed_and_pending(ledger: Ledger) -> None:
-    deleted = await upload(ledger, "deleted", sha=digest("same"))
-    await ledger.mark_upload_deleted(deleted.upload.id, by=None, reason="x")
-    failed = await ledger.begin_upload(
-        digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
-    )
-    await ledger.abandon_upload(failed, "refused")
-    await ledger.begin_upload(
-        digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
-    )
-
-    assert await ledger.find_live_upload(digest("same")) is None
-
-    live = await upload(ledger, "live", sha=digest("same"))
-    found = await ledger.find_live_upload(digest("same").upper())
-    assert found is not None
-    assert found.id == live.upload.id
-
-
-async def test_reusing_an_upload_deleted_meanwhile_is_refused(ledger: Ledger) -> None:
-    rehost = await upload(ledger, 1)
-    await ledger.mark_upload_deleted(rehost.upload.id, by=None, reason="source deleted")
-
-    with pytest.raises(RecordStateError):
-        await ledger.record_reuse(rehost.upload.id, discord_origin())
-
-    assert len(await ledger.rehosts_of(rehost.upload.id, live_only=False)) == 1
-
-
 async def test_reuse_or_begin_reuses_live_bytes_and_puts_new_ones_on_record(
     ledger: Ledger,
 ) -> None:
@@ -354,21 +334,37 @@ async def test_reuse_or_begin_reuses_live_bytes_and_puts_new_ones_on_record(
     assert [u.id for u, _origin in await ledger.pending_uploads()] == [pending_id]
 
 
-async def test_reuse_or_begin_never_reuses_a_deleted_or_failed_upload(ledger: Ledger) -> None:
+async def test_only_a_done_upload_is_reused_never_a_deleted_failed_or_pending_one(
+    ledger: Ledger,
+) -> None:
+    async def claim(text: str) -> Rehost | int:
+        return await ledger.reuse_or_begin_upload(
+            digest=text, size=1, mime="image/png", kind="image", origin=discord_origin()
+        )
+
     deleted = await upload(ledger, "deleted", sha=digest("same"))
     await ledger.mark_upload_deleted(deleted.upload.id, by=None, reason="x")
     failed = await ledger.begin_upload(
         digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
     await ledger.abandon_upload(failed, "refused")
-
-    pending_id = await ledger.reuse_or_begin_upload(
+    pending = await ledger.begin_upload(
         digest=digest("same"), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
 
-    assert isinstance(pending_id, int)
-    assert pending_id not in (deleted.upload.id, failed)
+    assert await ledger.find_live_upload(digest("same")) is None
+    fresh = await claim(digest("same"))
+    assert isinstance(fresh, int)
+    assert fresh not in (deleted.upload.id, failed, pending)
     assert len(await ledger.rehosts_of(deleted.upload.id, live_only=False)) == 1
+
+    live = await upload(ledger, "live", sha=digest("same"))
+    found = await ledger.find_live_upload(digest("same").upper())
+    assert found is not None
+    assert found.id == live.upload.id
+    again = await claim(digest("same").upper())
+    assert isinstance(again, Rehost)
+    assert again.upload.id == live.upload.id
 
 
 async def test_same_bytes_uploaded_twice_at_once_keeps_both_but_offers_one(
@@ -407,14 +403,14 @@ async def test_rehosts_for_messages_returns_live_rehosts_of_those_messages(
 ) -> None:
     a = await upload(ledger, 1, discord_origin(message_id=BIGGEST_SNOWFLAKE))
     b = await upload(ledger, 2, discord_origin(message_id=302))
-    reuse = await ledger.record_reuse(a.upload.id, discord_origin(message_id=302))
+    again = await reuse(ledger, a, discord_origin(message_id=302))
     await upload(ledger, 3, discord_origin(message_id=303))
     gone = await upload(ledger, 4, discord_origin(message_id=302))
     await ledger.mark_rehosts_deleted([gone.id], by=None, reason="x")
 
     found = await ledger.rehosts_for_messages([BIGGEST_SNOWFLAKE, 302, 999])
 
-    assert [r.id for r in found] == [a.id, b.id, reuse.id]
+    assert [r.id for r in found] == [a.id, b.id, again.id]
     assert found[0].origin.message_id == BIGGEST_SNOWFLAKE
     assert await ledger.rehosts_for_messages([]) == []
 
@@ -424,7 +420,7 @@ async def test_recent_rehosts_are_newest_first_and_filtered(ledger: Ledger) -> N
     theirs = await upload(ledger, 2, discord_origin(owner_id=51))
     elsewhere = await upload(ledger, 3, discord_origin(guild_id=OTHER_GUILD))
     cli = await upload(ledger, 4, Origin(door="cli"))
-    reused = await ledger.record_reuse(mine.upload.id, discord_origin(owner_id=50))
+    reused = await reuse(ledger, mine, discord_origin(owner_id=50))
     await ledger.mark_rehosts_deleted([theirs.id], by=None, reason="x")
 
     def ids(rehosts: list[Rehost]) -> list[int]:
@@ -473,7 +469,7 @@ async def test_search_treats_like_wildcards_as_plain_text(ledger: Ledger) -> Non
 async def test_search_never_returns_another_guilds_rehosts(ledger: Ledger) -> None:
     ours = await upload(ledger, 1, discord_origin(filename="shared.png"))
     theirs = await upload(ledger, 2, discord_origin(guild_id=OTHER_GUILD, filename="shared.png"))
-    await ledger.record_reuse(ours.upload.id, discord_origin(guild_id=OTHER_GUILD))
+    await reuse(ledger, ours, discord_origin(guild_id=OTHER_GUILD))
 
     found = await ledger.search_rehosts(GUILD, "shared")
     assert [r.id for r in found] == [ours.id]
@@ -496,8 +492,8 @@ async def test_counts_separate_imgur_uploads_from_reuses(
     old = await upload(ledger, 1)
     since = clock.now + 0.5
     fresh = await upload(ledger, 2)
-    await ledger.record_reuse(old.upload.id, discord_origin())
-    await ledger.record_reuse(fresh.upload.id, discord_origin())
+    await reuse(ledger, old, discord_origin())
+    await reuse(ledger, fresh, discord_origin())
     await ledger.begin_upload(
         digest=digest(3), size=1, mime="image/png", kind="image", origin=discord_origin()
     )
@@ -520,7 +516,7 @@ async def test_counts_separate_imgur_uploads_from_reuses(
 
 async def test_deleting_rehosts_leaves_the_upload_alone(ledger: Ledger) -> None:
     first = await upload(ledger, 1)
-    second = await ledger.record_reuse(first.upload.id, discord_origin(message_id=999))
+    second = await reuse(ledger, first, discord_origin(message_id=999))
 
     await ledger.mark_rehosts_deleted([first.id], by=60, reason="source message deleted")
 
