@@ -106,14 +106,17 @@ async def test_manage_messages_in_one_channel_deletes_no_one_elses_upload(
 async def test_the_owner_deletes_their_own_upload_whatever_their_permissions(
     env: DiscordEnv,
 ) -> None:
-    unknown = make_channel(make_guild(env.guild.id, roles_known=False))
-    owner = make_member(unknown.guild, name="owner")
+    owner = make_member(env.guild, name="owner")
     first = await upload_as(env, owner, seed=1)
     second = await upload_as(env, owner, seed=2)
+    # The same person, seen in a copy of the server whose roles the bot cannot see.
+    unknown = make_channel(make_guild(env.guild.id, roles_known=False))
+    owner_unseen = make_member(unknown.guild, name="owner")
+    owner_unseen.id = owner.id
 
-    # Manage Messages denied in this channel; then a server whose roles the bot cannot see.
+    # No permission anywhere, none in this channel either; then with no roles known at all.
     denied = await delete_as(env, owner, first, discord.Permissions.none())
-    interaction, talk = env.interaction(owner, unknown)
+    interaction, talk = env.interaction(owner_unseen, unknown)
     await env.invoke("imgur-delete", interaction, upload=second)
 
     assert denied.startswith(f"Deleted `{first}`")

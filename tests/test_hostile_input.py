@@ -358,6 +358,8 @@ async def test_an_endless_body_behind_a_link_is_cut_at_the_limit(
     guarded: Services, web_files: WebFiles, public_test_server: str, imgur: ImgurStandIn
 ) -> None:
     sent = 0
+    hung_up = asyncio.Event()
+    read: list[int] = []
 
     async def endless(request: web.Request) -> web.StreamResponse:
         nonlocal sent
@@ -369,17 +371,26 @@ async def test_an_endless_body_behind_a_link_is_cut_at_the_limit(
                 await response.write(bytes(CHUNK))
                 sent += CHUNK
         except (ConnectionError, asyncio.CancelledError):
-            pass  # the reader hung up: what this test wants
+            hung_up.set()  # the reader hung up: what this test wants
         return response
 
     web_files.serve("/endless.png", endless)
 
+    def progress(stage: str, done: int, total: int | None) -> None:
+        read.append(done)
+
     with pytest.raises(RehostError) as caught:
         await guarded.pipeline.rehost(
-            guarded.pipeline.url_source(f"{public_test_server}/endless.png"), ORIGIN
+            guarded.pipeline.url_source(f"{public_test_server}/endless.png"),
+            ORIGIN,
+            on_progress=progress,
         )
 
     assert type(caught.value).__name__ == "MediaTooLarge"
+    # The pipeline stops at the first chunk over the limit: what it accepted is within it.
+    assert read
+    assert max(read) <= hostile.IMAGE_LIMIT
+    await asyncio.wait_for(hung_up.wait(), 10)
     # The server may have filled the kernel's socket buffers on both ends before the reader hung
     # up (Linux grows them to megabytes on loopback), never the hundred thousand chunks.
     assert sent < hostile.IMAGE_LIMIT + socket_buffer_ceiling() + 64 * CHUNK

@@ -1306,9 +1306,11 @@ async def test_an_upload_answer_whose_deletehash_is_not_a_token_is_not_trusted(
 ) -> None:
     mocked.post(f"{API}/3/image", payload=upload_answer(deletehash="../../credits"))
 
-    with pytest.raises(ImgurUnavailable):
+    with pytest.raises(ImgurUnavailable, match="did not say where it is"):
         await make_client().upload(write_body(samples.png()))
 
+    # Imgur took it: sending it again would leave a second copy nobody could delete.
+    assert [len(calls) for calls in mocked.requests.values()] == [1]
     assert deletes_sent(mocked) == []
 
 
@@ -1322,6 +1324,8 @@ async def test_a_failed_take_back_still_reports_the_upload_unusable(
 
     with pytest.raises(ImgurUnavailable, match="did not say where it is"):
         await make_client().upload(write_body(samples.png()))
+
+    assert deletes_sent(mocked) == [f"{API}/3/image/x1Y2z3W4v5U6t7S"]
 
 
 async def test_an_album_answer_without_an_id_takes_the_album_back(

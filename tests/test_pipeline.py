@@ -307,7 +307,7 @@ async def test_an_upload_waiting_for_its_turn_is_on_record_and_cancelling_closes
         assert imgur.upload_calls == 1
 
 
-async def test_an_upload_cut_off_while_imgur_works_is_closed_as_cut_off_not_failed(
+async def test_an_upload_cut_off_while_imgur_works_is_closed_with_the_cut_off_reason(
     settings: Settings, imgur: ImgurStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Imgur stores the file, then answers late; the caller gives up (a second Ctrl-C, say).

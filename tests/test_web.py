@@ -481,7 +481,7 @@ async def test_a_client_that_hangs_up_while_imgur_works_still_gets_its_upload_re
 ) -> None:
     # Imgur has the file by then: the upload must finish and be recorded with its deletehash,
     # not be cancelled into an unconfirmed copy.
-    imgur.fail_next("slow", path="/3/image", delay=1.0)
+    imgur.fail_next("slow", path="/3/image", delay=3.0)
     data = samples.png(seed=52)
     body = (
         b'--cut\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n\r\n'
@@ -492,6 +492,7 @@ async def test_a_client_that_hangs_up_while_imgur_works_still_gets_its_upload_re
     await eventually(lambda: len(imgur.uploads()) == 1, "the upload to reach Imgur")
     writer.close()
     await writer.wait_closed()
+    assert imgur.uploads()[0].status is None, "the client hung up only after Imgur answered"
     ledger = endpoint.services.ledger
     await eventually(lambda: bool(imgur.images), "Imgur to store the file")
     [image] = imgur.images.values()
