@@ -268,7 +268,7 @@ _V2_INDEXES: Final[tuple[str, ...]] = (
 
 _V3_BLAKE3: Final[tuple[str, ...]] = (
     # Bytes are told apart by their BLAKE3 digest from here on: on the same CPU it hashes
-    # a few times faster than SHA-256, and every byte of every upload is hashed. Rows
+    # about five times faster than SHA-256 (see Spool), and every byte is hashed. Rows
     # written before keep their SHA-256 digest, marked as such; a new post of those bytes
     # has another digest, so it uploads afresh once instead of reusing them.
     "ALTER TABLE uploads RENAME COLUMN sha256 TO digest",
